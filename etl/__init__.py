@@ -1,0 +1,3 @@
+"""commcare-etl: keep a PostgreSQL warehouse in sync with CommCare HQ."""
+
+__version__ = "0.1.0"

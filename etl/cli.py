@@ -1,0 +1,208 @@
+"""`commcare-etl`: the command line. Each command is a thin face over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from typing import Callable, Sequence
+
+from etl import __version__
+from etl.config import STREAMS, Settings, load_settings
+from etl.errors import ConfigError, EtlError, ExitCode, Interrupted
+
+log = logging.getLogger("etl")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                      "%Y-%m-%dT%H:%M:%SZ")
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    try:
+        root.setLevel(level.upper())
+    except ValueError:
+        raise ConfigError(f"LOG_LEVEL {level!r} is not a log level (DEBUG, INFO, WARNING, ERROR)")
+    for noisy in ("urllib3", "alembic", "pgserver"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(
+        commcare_domain=getattr(args, "domain", None),
+        streams=getattr(args, "stream", None),
+        log_level=getattr(args, "log_level", None),
+    )
+    setup_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _warehouse(settings: Settings):
+    from etl.db import Warehouse
+
+    return Warehouse.open(settings.database_url, settings.embedded_pg_dir,
+                          settings.warehouse_schema)
+
+
+# --- commands ------------------------------------------------------------------------------
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    warehouse = _warehouse(settings)
+    warehouse.migrate()
+    log.info("warehouse schema %r is up to date in %s", settings.warehouse_schema,
+             warehouse.display_url())
+    return ExitCode.OK
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from etl.sync import run_sync
+
+    settings = _settings(args)
+    settings.require_hq_credentials()
+    warehouse = _warehouse(settings)
+    warehouse.migrate()
+    reports = run_sync(settings, warehouse)
+    failed = [r for r in reports if r.status != "ok"]
+    if failed:
+        first = failed[0]
+        raise EtlError(f"{len(failed)} of {len(reports)} stream(s) failed; first: "
+                       f"{first.stream} [{first.domain}]: {first.error}")
+    total = sum(r.records for r in reports)
+    log.info("sync finished: %d stream(s), %d records", len(reports), total)
+    return ExitCode.OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from etl import state
+
+    settings = _settings(args)
+    warehouse = _warehouse(settings)
+    warehouse.migrate()
+    with warehouse.connect() as conn:
+        rows = state.list_checkpoints(conn, settings.warehouse_schema)
+    if not rows:
+        print("no checkpoints yet: nothing has been synced into this warehouse")
+    for domain, stream, cursor, updated_at in rows:
+        print(f"{domain}\t{stream}\t{json.dumps(cursor)}\tmoved {updated_at:%Y-%m-%d %H:%M:%S%z}")
+    return ExitCode.OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from etl.simulator import serve
+
+    setup_logging(args.log_level or "INFO")
+    serve(host=args.host, port=args.port, domain=args.sim_domain, n_cases=args.cases,
+          seed=args.seed, username=args.username, api_key=args.api_key)
+    return ExitCode.OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from etl.demo import run_demo
+
+    settings = _settings(args)
+    return run_demo(settings, n_cases=args.cases)
+
+
+# --- parser --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="commcare-etl",
+        description="Keep a PostgreSQL warehouse in sync with CommCare HQ.",
+        epilog="Settings come from the environment, .env or config/commcare-etl.toml; "
+               "see README.md. Exit codes: 0 ok, 1 failure, 2 configuration, 3 authentication, "
+               "4 another run holds the lock, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"commcare-etl {__version__}")
+    parser.add_argument("--log-level", help="DEBUG, INFO (default), WARNING or ERROR")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Callable, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("sync", cmd_sync, "Migrate, then sync cases and forms incrementally.")
+    p.add_argument("--domain", help="only this project space (default: COMMCARE_DOMAIN)")
+    p.add_argument("--stream", choices=STREAMS, action="append",
+                   help="only this stream (repeatable; default: all)")
+
+    add("migrate", cmd_migrate, "Create or upgrade the warehouse tables, and nothing else.")
+    add("status", cmd_status, "Show where each stream's checkpoint stands.")
+
+    p = add("demo", cmd_demo, "Sync the built-in HQ simulator's sample data into PostgreSQL.")
+    p.add_argument("--cases", type=int, default=500, help="sample cases to generate (default 500)")
+
+    p = add("simulate", cmd_simulate, "Run the HQ simulator alone, for trying things by hand.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--domain", dest="sim_domain", default="demo")
+    p.add_argument("--cases", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--username", default="demo@example.org")
+    p.add_argument("--api-key", default="demo-key")
+    return parser
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted("stopped by SIGTERM; the checkpoint stays at the last loaded page")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return args.func(args)
+    except EtlError as exc:
+        _fail(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        _fail("interrupted; the checkpoint stays at the last loaded page")
+        return ExitCode.INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the operator gets one line, the log the details
+        import psycopg
+        import sqlalchemy.exc
+
+        if isinstance(exc, (psycopg.Error, sqlalchemy.exc.SQLAlchemyError)):
+            _fail(f"database error: {str(exc).strip().splitlines()[0]}; the checkpoint stays "
+                  f"at the last loaded page")
+        else:
+            log.exception("unexpected error")
+            _fail(f"unexpected error: {type(exc).__name__}: {exc} (please report this)")
+        return ExitCode.FAILURE
+
+
+def _fail(message: str) -> None:
+    """One line that says why the run failed, whether or not logging is set up yet."""
+    if logging.getLogger().handlers:
+        log.error(message)
+    else:
+        print(f"commcare-etl: error: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

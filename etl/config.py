@@ -1,0 +1,132 @@
+"""Settings: environment variables, a `.env` file, or `config/commcare-etl.toml`.
+
+Precedence, highest first: command-line flags, environment, `.env`, the TOML file, defaults.
+Every setting is named after its environment variable (lower-cased in the TOML file).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from etl.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("config") / "commcare-etl.toml"
+STREAMS = ("cases", "forms")
+
+
+def config_file() -> Path:
+    return Path(os.environ.get("COMMCARE_ETL_CONFIG", DEFAULT_CONFIG_FILE))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- CommCare HQ ---
+    commcare_base_url: str = "https://www.commcarehq.org"
+    commcare_domain: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Project space(s); several separated by commas."
+    )
+    commcare_username: str | None = None
+    commcare_api_key: SecretStr | None = None
+    case_api: Literal["v0.5", "v2"] = "v0.5"
+    case_page_size: int = Field(5000, ge=1, le=5000)
+    form_page_size: int = Field(1000, ge=1, le=1000)
+    streams: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(STREAMS))
+
+    # --- HTTP behaviour ---
+    http_timeout: float = Field(120.0, gt=0, description="Seconds to wait for HQ to answer.")
+    retry_max_seconds: float = Field(
+        900.0, ge=0, description="Give up on one request after retrying this long."
+    )
+    retry_initial_wait: float = Field(2.0, ge=0)
+    retry_max_wait: float = Field(120.0, ge=0)
+
+    # --- Warehouse ---
+    database_url: str | None = None
+    warehouse_schema: str = Field("commcare", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    embedded_pg_dir: Path = Path(".commcare-etl") / "pgdata"
+    lock_wait_seconds: float = Field(
+        0.0, ge=0, description="How long a run waits for another run of the same stream."
+    )
+    lookback_seconds: float = Field(
+        900.0, ge=0, description="Re-read this window before the checkpoint on every run."
+    )
+
+    # --- Logging ---
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("commcare_domain", "streams", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("streams")
+    @classmethod
+    def _known_streams(cls, value: list[str]) -> list[str]:
+        unknown = [s for s in value if s not in STREAMS]
+        if unknown:
+            raise ValueError(f"unknown stream(s) {unknown}; choose from {list(STREAMS)}")
+        return value
+
+    @field_validator("commcare_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
+        return (init_settings, env_settings, dotenv_settings, toml, file_secret_settings)
+
+    def require_hq_credentials(self) -> None:
+        missing = [
+            name.upper()
+            for name in ("commcare_domain", "commcare_username", "commcare_api_key")
+            if not getattr(self, name)
+        ]
+        if missing:
+            raise ConfigError(
+                f"missing setting(s) {', '.join(missing)}: set them in the environment, "
+                f"in .env, or in {config_file()} (see README, 'Configuration')"
+            )
+
+    @property
+    def api_key(self) -> str:
+        return self.commcare_api_key.get_secret_value() if self.commcare_api_key else ""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning validation errors into one clear ConfigError."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper() or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML file
+        raise ConfigError(f"cannot read settings file {config_file()}: {exc}") from None

@@ -1,0 +1,119 @@
+"""The warehouse connection: URL handling, the embedded default, and migrations."""
+
+from __future__ import annotations
+
+import logging
+from importlib import resources
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Engine
+
+from etl.errors import ConfigError, EtlError
+
+log = logging.getLogger(__name__)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Accept the plain `postgresql://` (and Heroku's `postgres://`) URLs users have."""
+    for prefix in ("postgresql+psycopg2://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    if url.startswith("postgresql+psycopg://"):
+        return url
+    raise ConfigError(
+        f"DATABASE_URL must be a PostgreSQL URL like postgresql://user:password@host:5432/db "
+        f"(got {url.split('://')[0]}://...)"
+    )
+
+
+def start_embedded(pgdata: Path) -> str:
+    """Start (or reuse) the embedded PostgreSQL kept in `pgdata`; return its URL.
+
+    It keeps running after this process exits, so psql and BI tools can connect to it.
+    """
+    try:
+        import pgserver
+    except ImportError as exc:  # pragma: no cover - pgserver is a dependency
+        raise ConfigError("DATABASE_URL is unset and the embedded PostgreSQL (pgserver) "
+                          "is not installed: set DATABASE_URL") from exc
+    pgdata = pgdata.expanduser().resolve()
+    pgdata.mkdir(parents=True, exist_ok=True)
+    try:
+        server = pgserver.get_server(pgdata, cleanup_mode=None)
+    except Exception as exc:  # noqa: BLE001 - pgserver raises assorted errors
+        raise EtlError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}. "
+                       f"Set DATABASE_URL to use your own PostgreSQL instead.") from exc
+    return server.get_uri()
+
+
+def resolve_url(database_url: str | None, embedded_dir: Path) -> str:
+    if database_url:
+        return sqlalchemy_url(database_url)
+    url = start_embedded(embedded_dir)
+    log.info("DATABASE_URL is unset: using the embedded PostgreSQL in %s", embedded_dir)
+    return sqlalchemy_url(url)
+
+
+def make_engine(url: str) -> Engine:
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+
+
+def check_connection(engine: Engine) -> None:
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise ConfigError(
+            f"cannot connect to the warehouse database ({engine.url.render_as_string()}): "
+            f"{reason}. Check DATABASE_URL and that PostgreSQL is running."
+        ) from None
+
+
+def alembic_config(schema: str) -> Config:
+    script_location = str(resources.files("etl.migrations"))
+    cfg = Config()
+    cfg.set_main_option("script_location", script_location)
+    cfg.attributes["schema"] = schema
+    return cfg
+
+
+def migrate(engine: Engine, schema: str) -> None:
+    """Bring the warehouse schema up to date (idempotent, safe to run concurrently)."""
+    cfg = alembic_config(schema)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class Warehouse:
+    """The warehouse database: a SQLAlchemy engine (migrations) and psycopg connections (loads)."""
+
+    def __init__(self, url: str, schema: str):
+        self.engine = make_engine(url)
+        self.schema = schema
+        self.dsn = self.engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False)
+
+    @classmethod
+    def open(cls, database_url: str | None, embedded_dir: Path, schema: str) -> "Warehouse":
+        warehouse = cls(resolve_url(database_url, embedded_dir), schema)
+        check_connection(warehouse.engine)
+        return warehouse
+
+    def connect(self):
+        import psycopg
+
+        return psycopg.connect(self.dsn, autocommit=True, application_name="commcare-etl")
+
+    def migrate(self) -> None:
+        migrate(self.engine, self.schema)
+
+    def display_url(self) -> str:
+        return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=True)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,54 @@
+"""Errors that reach an operator, each with the exit code the CLI returns for it.
+
+Every message should say what went wrong *and* what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class ExitCode:
+    OK = 0
+    FAILURE = 1  # a stream did not finish: HQ or the database kept failing
+    CONFIG = 2  # missing/invalid settings or command-line usage
+    AUTH = 3  # HQ refused the credentials or the permission
+    LOCKED = 4  # another run holds the lock for the same domain and stream
+    INTERRUPTED = 130  # Ctrl-C / SIGTERM
+
+
+class EtlError(Exception):
+    """Base class: an error with an operator-facing message and an exit code."""
+
+    exit_code = ExitCode.FAILURE
+
+
+class ConfigError(EtlError):
+    exit_code = ExitCode.CONFIG
+
+
+class AuthError(EtlError):
+    exit_code = ExitCode.AUTH
+
+
+class LockBusyError(EtlError):
+    exit_code = ExitCode.LOCKED
+
+
+class HQError(EtlError):
+    """HQ kept failing (after retries) or answered with something we cannot use."""
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+class HQRequestRejected(HQError):
+    """HQ answered 4xx to a request: retrying the same request cannot help."""
+
+
+class MalformedResponse(HQError):
+    """A 200 answer whose body is not the JSON document the API promises."""
+
+
+class Interrupted(EtlError):
+    exit_code = ExitCode.INTERRUPTED

@@ -1,0 +1,220 @@
+"""A polite HTTP client for CommCare HQ's APIs.
+
+One job: GET a JSON document. It authenticates with an API key, retries what can succeed on a
+second try (429, 5xx, dropped connections, timeouts, truncated or non-JSON bodies) with back-off
+that honours `Retry-After`, within a bounded total time, and fails at once, with a message that
+says what to fix, on what cannot (401/403 and other 4xx).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+from urllib.parse import urljoin
+
+import requests
+import tenacity
+from requests.adapters import HTTPAdapter
+
+from etl import __version__
+from etl.errors import AuthError, HQError, HQRequestRejected, MalformedResponse
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Cheap test on the raw body: JSON can only carry NUL or a lone surrogate as a \u escape.
+_NEEDS_CLEANING = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]")
+
+
+@dataclass(frozen=True)
+class JsonDocument:
+    data: Any
+    url: str
+    needs_cleaning: bool  # the body holds NULs or surrogates Postgres cannot store
+
+
+class _Retryable(Exception):
+    """A failure worth another try; carries the server's Retry-After, if any."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300]
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("error_message") or body)[:300]
+    return str(body)[:300]
+
+
+class HQClient:
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        api_key: str,
+        *,
+        timeout: float = 120.0,
+        retry_max_seconds: float = 900.0,
+        retry_initial_wait: float = 2.0,
+        retry_max_wait: float = 120.0,
+    ):
+        self.base_url = base_url.rstrip("/")
+        self.username = username
+        self.timeout = timeout
+        self.retry_max_seconds = retry_max_seconds
+        self.retry_initial_wait = retry_initial_wait
+        self.retry_max_wait = retry_max_wait
+        self.requests_made = 0
+        self.session = requests.Session()
+        self.session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=4))
+        self.session.mount("https://", HTTPAdapter(pool_connections=4, pool_maxsize=4))
+        self.session.headers.update(
+            {
+                "Authorization": f"ApiKey {username}:{api_key}",
+                "Accept": "application/json",
+                "User-Agent": f"commcare-etl/{__version__}",
+            }
+        )
+
+    def url(self, path_or_url: str) -> str:
+        """HQ's `next` links are relative paths (v0.5) or absolute URLs (v2)."""
+        return urljoin(self.base_url + "/", path_or_url)
+
+    def get_json(self, path_or_url: str, params: Mapping[str, Any] | None = None) -> JsonDocument:
+        url = self.url(path_or_url)
+        started = time.monotonic()
+        attempts = 0
+
+        def delay(retry_state: tenacity.RetryCallState, jitter: bool = True) -> float:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            if isinstance(exc, _Retryable) and exc.retry_after is not None:
+                return exc.retry_after
+            backoff = min(self.retry_max_wait,
+                          self.retry_initial_wait * 2 ** (retry_state.attempt_number - 1))
+            return backoff * random.uniform(0.5, 1.0) if jitter else backoff
+
+        def stop(retry_state: tenacity.RetryCallState) -> bool:
+            # Stop when the next wait would carry us past the total budget.
+            elapsed = time.monotonic() - started
+            return elapsed + delay(retry_state, jitter=False) > self.retry_max_seconds
+
+        def before_sleep(retry_state: tenacity.RetryCallState) -> None:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            pause = retry_state.next_action.sleep if retry_state.next_action else 0
+            log.warning("HQ request failed (%s); retry %d in %.1fs: %s",
+                        exc, retry_state.attempt_number, pause, url)
+
+        def attempt() -> JsonDocument:
+            nonlocal attempts
+            attempts += 1
+            return self._get_once(url, params)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_Retryable),
+            wait=delay,
+            stop=stop,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _Retryable as exc:
+            elapsed = time.monotonic() - started
+            raise HQError(
+                f"HQ kept failing: GET {url} failed {attempts} time(s) over {elapsed:.0f}s; "
+                f"last error: {exc}. The checkpoint stays at the last loaded page; run again "
+                f"later (raise RETRY_MAX_SECONDS to wait longer).",
+                url=url,
+            ) from None
+
+    def _get_once(self, url: str, params: Mapping[str, Any] | None) -> JsonDocument:
+        self.requests_made += 1
+        try:
+            response = self.session.get(url, params=params, timeout=self.timeout)
+            raw = response.content  # reads the whole body: a dropped connection raises here
+        except requests.Timeout as exc:
+            raise _Retryable(f"no answer within {self.timeout:g}s ({type(exc).__name__})") from None
+        except requests.RequestException as exc:
+            raise _Retryable(f"connection error: {exc}") from None
+        full_url = response.url
+        status = response.status_code
+        if status in (401, 403):
+            raise self._auth_error(response, full_url)
+        if status in RETRY_STATUSES or status >= 500:
+            raise _Retryable(
+                f"HTTP {status}", retry_after=_parse_retry_after(response.headers.get("Retry-After"))
+            )
+        if status == 404:
+            raise HQRequestRejected(
+                f"HQ answered 404 Not Found for {full_url}: check COMMCARE_BASE_URL and "
+                f"COMMCARE_DOMAIN (the project space name as in the HQ address bar)",
+                url=full_url, status=status,
+            )
+        if status >= 400:
+            raise HQRequestRejected(
+                f"HQ rejected the request with HTTP {status}: {_error_text(response)} "
+                f"(GET {full_url})",
+                url=full_url, status=status,
+            )
+        if status != 200:
+            raise _Retryable(f"unexpected HTTP {status}")
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            kind = response.headers.get("Content-Type", "unknown content type")
+            raise _Retryable(f"malformed JSON body ({kind}, {len(raw)} bytes): {exc}") from None
+        return JsonDocument(data=data, url=full_url, needs_cleaning=bool(_NEEDS_CLEANING.search(raw)))
+
+    def _auth_error(self, response: requests.Response, url: str) -> AuthError:
+        detail = _error_text(response)
+        detail = f" HQ said: {detail}." if detail else ""
+        if response.status_code == 401:
+            return AuthError(
+                f"HQ refused the credentials (HTTP 401) for user {self.username!r}.{detail} "
+                f"Check COMMCARE_USERNAME (the web user's email) and COMMCARE_API_KEY "
+                f"(HQ: My Account > API Keys), and that the key's IP allow-list admits this machine."
+            )
+        return AuthError(
+            f"HQ denied access (HTTP 403) for user {self.username!r} to {url}.{detail} "
+            f"The user needs the 'Edit Data' and 'Access APIs' permissions in this project "
+            f"space, and the project needs a plan with API access."
+        )
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def require_json_object(doc: JsonDocument, *keys: str) -> dict:
+    """The envelope must be an object with these keys; anything else is a malformed page."""
+    if not isinstance(doc.data, dict) or any(k not in doc.data for k in keys):
+        got = sorted(doc.data)[:10] if isinstance(doc.data, dict) else type(doc.data).__name__
+        raise MalformedResponse(
+            f"HQ answered {doc.url} with a document that lacks {list(keys)} (got {got}); "
+            f"is COMMCARE_BASE_URL pointing at CommCare HQ?",
+            url=doc.url,
+        )
+    return doc.data

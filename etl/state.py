@@ -1,0 +1,122 @@
+"""Sync state in the warehouse: checkpoints, per-stream locks, dead letters, run history.
+
+Functions that change state take the caller's connection, so they join the caller's
+transaction: the checkpoint moves only together with the data it describes.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from etl.errors import LockBusyError
+
+
+def _t(schema: str, table: str) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+def load_checkpoint(conn: psycopg.Connection, schema: str, domain: str, stream: str) -> dict | None:
+    row = conn.execute(
+        sql.SQL("select cursor from {} where domain = %s and stream = %s").format(
+            _t(schema, "sync_checkpoints")), (domain, stream)).fetchone()
+    return row[0] if row else None
+
+
+def save_checkpoint(conn: psycopg.Connection, schema: str, domain: str, stream: str,
+                    cursor: dict) -> None:
+    conn.execute(sql.SQL("""
+        insert into {} (domain, stream, cursor, updated_at) values (%s, %s, %s, now())
+        on conflict (domain, stream) do update set cursor = excluded.cursor, updated_at = now()
+    """).format(_t(schema, "sync_checkpoints")), (domain, stream, Jsonb(cursor)))
+
+
+def delete_checkpoints(conn: psycopg.Connection, schema: str, domain: str,
+                       streams: Sequence[str]) -> int:
+    cur = conn.execute(sql.SQL("delete from {} where domain = %s and stream = any(%s)").format(
+        _t(schema, "sync_checkpoints")), (domain, list(streams)))
+    return cur.rowcount
+
+
+def list_checkpoints(conn: psycopg.Connection, schema: str) -> list[tuple]:
+    return conn.execute(sql.SQL(
+        "select domain, stream, cursor, updated_at from {} order by domain, stream").format(
+        _t(schema, "sync_checkpoints"))).fetchall()
+
+
+# --- locks ---------------------------------------------------------------------------------
+
+@contextmanager
+def stream_lock(conn: psycopg.Connection, schema: str, domain: str, stream: str,
+                wait_seconds: float = 0.0, purpose: str = "sync") -> Iterator[None]:
+    """Hold a session advisory lock for (schema, domain, stream, purpose) or raise LockBusyError.
+
+    Released when the block ends or, if the process dies, when its connection closes.
+    """
+    key = f"commcare-etl:{schema}:{domain}:{stream}:{purpose}"
+    deadline = time.monotonic() + wait_seconds
+    while not conn.execute("select pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
+        if time.monotonic() >= deadline:
+            raise LockBusyError(
+                f"another commcare-etl {purpose} of {stream} for domain {domain!r} is running "
+                f"(advisory lock held); this run did nothing. Wait for it to finish, or set "
+                f"LOCK_WAIT_SECONDS to wait for it.")
+        time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.execute("select pg_advisory_unlock(hashtext(%s))", (key,))
+
+
+# --- dead letters --------------------------------------------------------------------------
+
+def add_dead_letters(conn: psycopg.Connection, schema: str, domain: str, stream: str,
+                     rejects: Sequence, source_url: str = "") -> None:
+    if not rejects:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(sql.SQL(
+            "insert into {} (domain, stream, record_id, reason, raw, source_url) "
+            "values (%s, %s, %s, %s, %s, %s)").format(_t(schema, "dead_letters")),
+            [(domain, stream, r.record_id, r.reason, r.raw, source_url) for r in rejects])
+
+
+# --- run history ---------------------------------------------------------------------------
+
+def start_run(conn: psycopg.Connection, schema: str, command: str, domain: str, stream: str,
+              cursor: dict | None) -> int:
+    # We hold the stream's lock, so any run still marked 'running' died without saying so.
+    conn.execute(sql.SQL(
+        "update {} set status = 'abandoned', finished_at = coalesce(finished_at, now()) "
+        "where domain = %s and stream = %s and command = %s and status = 'running'").format(
+        _t(schema, "sync_runs")), (domain, stream, command))
+    return conn.execute(sql.SQL(
+        "insert into {} (command, domain, stream, cursor_start) values (%s, %s, %s, %s) "
+        "returning id").format(_t(schema, "sync_runs")),
+        (command, domain, stream, Jsonb(cursor) if cursor is not None else None)).fetchone()[0]
+
+
+def count_page(conn: psycopg.Connection, schema: str, run_id: int, *, records: int,
+               cleaned: int, rejected: int, requests: int, cursor: dict) -> None:
+    conn.execute(sql.SQL("""
+        update {} set records = records + %s, pages = pages + 1, requests = %s,
+               cleaned_values = cleaned_values + %s, dead_letters = dead_letters + %s,
+               cursor_end = %s
+        where id = %s""").format(_t(schema, "sync_runs")),
+        (records, requests, cleaned, rejected, Jsonb(cursor), run_id))
+
+
+def finish_run(conn: psycopg.Connection, schema: str, run_id: int, status: str,
+               error: str | None = None, requests: int | None = None) -> None:
+    conn.execute(sql.SQL(
+        "update {} set status = %s, error = %s, finished_at = now(), "
+        "requests = coalesce(%s, requests) where id = %s").format(_t(schema, "sync_runs")),
+        (status, error, requests, run_id))

@@ -1,0 +1,223 @@
+"""The pipeline: extract pages, transform them, load each page with its checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Iterator, TypeVar
+
+import psycopg
+
+from etl import state
+from etl.config import Settings
+from etl.db import Warehouse
+from etl.errors import AuthError, EtlError
+from etl.extract.client import HQClient
+from etl.extract.streams import Page, Window, make_stream
+from etl.load.postgres import Loader
+from etl.transform import transform_page
+from etl.transform.cases import transform_case
+from etl.transform.forms import transform_form
+
+log = logging.getLogger(__name__)
+
+TRANSFORMS = {"cases": (transform_case, "case_id"), "forms": (transform_form, "id")}
+T = TypeVar("T")
+
+
+@dataclass
+class StreamReport:
+    domain: str
+    stream: str
+    command: str = "sync"
+    status: str = "running"
+    records: int = 0
+    inserted: int = 0
+    updated: int = 0
+    skipped_older: int = 0
+    rejected: int = 0
+    cleaned: int = 0
+    pages: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    cursor: dict | None = None
+    exception: BaseException | None = field(default=None, repr=False)
+
+    def summary(self) -> str:
+        rate = self.records / self.seconds if self.seconds else 0.0
+        text = (f"{self.command} {self.stream} [{self.domain}]: {self.status}; "
+                f"{self.records} records ({self.inserted} new, {self.updated} updated"
+                f"{f', {self.skipped_older} older ignored' if self.skipped_older else ''}) "
+                f"in {self.pages} pages, {self.requests} requests, {self.seconds:.1f}s "
+                f"({rate:,.0f}/s)")
+        if self.cleaned:
+            text += f"; {self.cleaned} values had characters PostgreSQL cannot store removed"
+        if self.rejected:
+            text += f"; {self.rejected} records sent to dead_letters"
+        if self.cursor and self.cursor.get("indexed_on"):
+            text += f"; checkpoint indexed_on={self.cursor['indexed_on']}"
+        if self.error:
+            text += f"; error: {self.error}"
+        return text
+
+
+def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Produce the next item in a thread while the caller works on this one.
+
+    At most `depth` items wait in the queue, so memory stays flat whatever the dataset size.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, done))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put((False, exc))
+
+    thread = threading.Thread(target=produce, name="hq-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = slots.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+def make_client(settings: Settings) -> HQClient:
+    return HQClient(
+        settings.commcare_base_url, settings.commcare_username or "", settings.api_key,
+        timeout=settings.http_timeout, retry_max_seconds=settings.retry_max_seconds,
+        retry_initial_wait=settings.retry_initial_wait, retry_max_wait=settings.retry_max_wait,
+    )
+
+
+def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, domain: str,
+                stream_name: str, *, command: str = "sync", window: Window | None = None,
+                checkpoint_stream: str | None = None) -> StreamReport:
+    """Run one stream to the end. Raises on failure after recording it in sync_runs."""
+    report = StreamReport(domain=domain, stream=stream_name, command=command)
+    checkpoint_stream = checkpoint_stream or stream_name
+    transform, id_key = TRANSFORMS[stream_name]
+    started = time.monotonic()
+    with warehouse.connect() as conn, state.stream_lock(
+            conn, warehouse.schema, domain, checkpoint_stream, settings.lock_wait_seconds,
+            purpose=command):
+        cursor = state.load_checkpoint(conn, warehouse.schema, domain, checkpoint_stream)
+        if window is None:
+            window = Window.from_cursor(cursor, lookback=timedelta(seconds=settings.lookback_seconds))
+        run_id = state.start_run(conn, warehouse.schema, command, domain, checkpoint_stream, cursor)
+        stream = make_stream(stream_name, client, domain, case_api=settings.case_api,
+                             case_page_size=settings.case_page_size,
+                             form_page_size=settings.form_page_size)
+        log.info("%s %s [%s]: starting from %s", command, stream_name, domain,
+                 _describe(window))
+        loader = Loader(conn, warehouse.schema)
+        last_progress = time.monotonic()
+        try:
+            for page in prefetch(stream.pages(window)):
+                _load(loader, page, report, stream_name, domain, transform, id_key, run_id,
+                      checkpoint_stream, stream.requests_made)
+                if time.monotonic() - last_progress > 30:
+                    last_progress = time.monotonic()
+                    log.info("%s %s [%s]: %d records so far, at indexed_on %s", command,
+                             stream_name, domain, report.records, page.cursor.get("indexed_on"))
+        except BaseException as exc:
+            report.status = "failed"
+            report.error = str(exc) or type(exc).__name__
+            report.exception = exc
+            report.seconds = time.monotonic() - started
+            _finish(conn, warehouse.schema, run_id,
+                    "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                    report.error, stream.requests_made)
+            raise
+        report.status = "ok"
+        report.requests = stream.requests_made
+        report.seconds = time.monotonic() - started
+        _finish(conn, warehouse.schema, run_id, "ok", None, stream.requests_made)
+    log.info(report.summary())
+    return report
+
+
+def _load(loader: Loader, page: Page, report: StreamReport, stream_name: str, domain: str,
+          transform, id_key: str, run_id: int, checkpoint_stream: str, requests: int) -> None:
+    batch = transform_page(page.records, domain, transform, page.needs_cleaning, id_key)
+    result = loader.load_page(stream=stream_name, domain=domain, batch=batch, cursor=page.cursor,
+                              run_id=run_id, source_url=page.url,
+                              checkpoint_stream=checkpoint_stream, requests=requests)
+    report.pages += 1
+    report.records += batch.records
+    report.inserted += result.inserted
+    report.updated += result.updated
+    report.skipped_older += result.skipped_older
+    report.rejected += result.rejected
+    report.cleaned += batch.cleaned_values
+    report.cursor = page.cursor
+    if batch.rejects:
+        log.warning("%s [%s]: %d record(s) could not be loaded and went to dead_letters "
+                    "(first: %s)", stream_name, domain, len(batch.rejects), batch.rejects[0].reason)
+    log.debug("%s [%s]: loaded page of %d (%s)", stream_name, domain, batch.records, page.url)
+
+
+def _finish(conn: psycopg.Connection, schema: str, run_id: int, status: str, error: str | None,
+            requests: int) -> None:
+    try:
+        state.finish_run(conn, schema, run_id, status, error, requests)
+    except psycopg.Error:  # the connection itself may be what failed
+        log.debug("could not record the end of run %s", run_id, exc_info=True)
+
+
+def _describe(window: Window) -> str:
+    if window.next_url:
+        return "the saved HQ cursor"
+    parts = [f"indexed_on {window.start.isoformat()}" if window.start else "the beginning"]
+    if window.tie_offset:
+        parts.append(f"(offset {window.tie_offset} within that millisecond)")
+    if window.end:
+        parts.append(f"to {window.end.isoformat()}")
+    return " ".join(parts)
+
+
+def run_sync(settings: Settings, warehouse: Warehouse, *, streams: list[str] | None = None,
+             domains: list[str] | None = None) -> list[StreamReport]:
+    """Sync every configured (domain, stream). An auth failure stops the run at once;
+    any other failure is reported and the remaining streams still run."""
+    reports: list[StreamReport] = []
+    client = make_client(settings)
+    try:
+        for domain in domains or settings.commcare_domain:
+            for stream_name in streams or settings.streams:
+                try:
+                    reports.append(sync_stream(settings, warehouse, client, domain, stream_name))
+                except AuthError:
+                    raise
+                except EtlError as exc:
+                    log.error("sync %s [%s] failed: %s", stream_name, domain, exc)
+                    reports.append(StreamReport(domain, stream_name, status="failed",
+                                                error=str(exc), exception=exc))
+    finally:
+        client.close()
+    return reports
