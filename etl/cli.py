@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import time
+from datetime import timedelta
 from typing import Callable, Sequence
 
 from etl import __version__
@@ -95,6 +96,54 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _one_domain(settings: Settings, given: str | None) -> str:
+    if given:
+        return given
+    if len(settings.commcare_domain) == 1:
+        return settings.commcare_domain[0]
+    if not settings.commcare_domain:
+        raise ConfigError("no domain: set COMMCARE_DOMAIN or pass --domain")
+    raise ConfigError(f"several domains are configured ({', '.join(settings.commcare_domain)}): "
+                      f"pass --domain to say which one")
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from etl.dates import parse_user_date
+    from etl.sync import run_backfill
+
+    settings = _settings(args)
+    settings.require_hq_credentials()
+    try:
+        since = parse_user_date(args.since) if args.since else None
+        until = parse_user_date(args.until) if args.until else None
+        if until and len(args.until.strip()) == 10:  # a date alone: include that whole day
+            until += timedelta(days=1, microseconds=-1)
+    except ValueError as exc:
+        raise ConfigError(f"--since/--until: {exc}") from None
+    if since and until and since > until:
+        raise ConfigError("--since must not be after --until")
+    warehouse = _warehouse(settings)
+    warehouse.migrate()
+    for domain in [args.domain] if args.domain else settings.commcare_domain:
+        report = run_backfill(settings, warehouse, args.resource, domain, since, until)
+        print(report.summary())
+    return ExitCode.OK
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    from etl.sync import reset_streams
+
+    settings = _settings(args)
+    domain = _one_domain(settings, args.domain)
+    warehouse = _warehouse(settings)
+    warehouse.migrate()
+    streams = [args.resource] if args.resource != "all" else list(STREAMS)
+    deleted = reset_streams(settings, warehouse, domain, streams)
+    log.info("reset %s [%s]: %d checkpoint(s) forgotten; the next sync re-reads everything "
+             "(warehouse rows are kept)", ", ".join(streams), domain, deleted)
+    return ExitCode.OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from etl import state
 
@@ -149,6 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", help="only this project space (default: COMMCARE_DOMAIN)")
     p.add_argument("--stream", choices=STREAMS, action="append",
                    help="only this stream (repeatable; default: all)")
+
+    p = add("backfill", cmd_backfill,
+            "Re-read a window of indexed_on and upsert it, leaving the sync checkpoint alone.")
+    p.add_argument("--resource", choices=STREAMS, required=True)
+    p.add_argument("--since", help="start of the window (YYYY-MM-DD[THH:MM:SS], UTC); "
+                                   "default: the beginning")
+    p.add_argument("--until", help="end of the window (inclusive); default: now")
+    p.add_argument("--domain", help="only this project space (default: all configured)")
+
+    p = add("reset", cmd_reset,
+            "Forget a stream's checkpoint so the next sync re-reads it all (keeps the data).")
+    p.add_argument("--resource", choices=[*STREAMS, "all"], required=True)
+    p.add_argument("--domain", help="required when several domains are configured")
 
     add("migrate", cmd_migrate, "Create or upgrade the warehouse tables, and nothing else.")
     add("status", cmd_status, "Show where each stream's checkpoint stands.")

@@ -7,13 +7,14 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Iterator, TypeVar
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterator, TypeVar
 
 import psycopg
 
 from etl import state
 from etl.config import Settings
+from etl.dates import format_iso, parse_hq_datetime
 from etl.db import Warehouse
 from etl.errors import AuthError, EtlError
 from etl.extract.client import HQClient
@@ -116,8 +117,10 @@ def make_client(settings: Settings) -> HQClient:
 
 
 def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, domain: str,
-                stream_name: str, *, command: str = "sync", window: Window | None = None,
-                checkpoint_stream: str | None = None) -> StreamReport:
+                stream_name: str, *, command: str = "sync",
+                window: Window | Callable[[dict | None], Window] | None = None,
+                checkpoint_stream: str | None = None, cursor_extra: dict | None = None,
+                forget_checkpoint_when_done: bool = False) -> StreamReport:
     """Run one stream to the end. Raises on failure after recording it in sync_runs."""
     report = StreamReport(domain=domain, stream=stream_name, command=command)
     checkpoint_stream = checkpoint_stream or stream_name
@@ -127,6 +130,8 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
             conn, warehouse.schema, domain, checkpoint_stream, settings.lock_wait_seconds,
             purpose=command):
         cursor = state.load_checkpoint(conn, warehouse.schema, domain, checkpoint_stream)
+        if callable(window):  # decided from the saved cursor, e.g. a backfill resuming
+            window = window(cursor)
         if window is None:
             window = Window.from_cursor(cursor, lookback=timedelta(seconds=settings.lookback_seconds))
         run_id = state.start_run(conn, warehouse.schema, command, domain, checkpoint_stream, cursor)
@@ -139,6 +144,8 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
         last_progress = time.monotonic()
         try:
             for page in prefetch(stream.pages(window)):
+                if cursor_extra:
+                    page.cursor = {**page.cursor, **cursor_extra}
                 _load(loader, page, report, stream_name, domain, transform, id_key, run_id,
                       checkpoint_stream, stream.requests_made)
                 if time.monotonic() - last_progress > 30:
@@ -157,6 +164,8 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
         report.status = "ok"
         report.requests = stream.requests_made
         report.seconds = time.monotonic() - started
+        if forget_checkpoint_when_done:
+            state.delete_checkpoints(conn, warehouse.schema, domain, [checkpoint_stream])
         _finish(conn, warehouse.schema, run_id, "ok", None, stream.requests_made)
     log.info(report.summary())
     return report
@@ -221,3 +230,53 @@ def run_sync(settings: Settings, warehouse: Warehouse, *, streams: list[str] | N
     finally:
         client.close()
     return reports
+
+
+def backfill_key(stream_name: str) -> str:
+    return f"backfill:{stream_name}"
+
+
+def run_backfill(settings: Settings, warehouse: Warehouse, stream_name: str, domain: str,
+                 since: datetime | None, until: datetime | None) -> StreamReport:
+    """Re-read [since, until] of `indexed_on` and upsert it, without touching the sync checkpoint.
+
+    Its own progress is saved under `backfill:<stream>`: run the same command again after a
+    crash and it resumes; a different window starts afresh. It holds its own lock, so it can
+    run while a scheduled sync runs (the upsert keeps whichever version is newer).
+    """
+    # Without --until the window ends when the backfill first starts; resuming keeps that end.
+    wanted = {"since": format_iso(since) if since else None,
+              "until": format_iso(until or datetime.now(timezone.utc)),
+              "open_until": until is None}
+
+    def window(progress: dict | None) -> Window:
+        if progress and progress.get("since") == wanted["since"] and (
+                progress.get("until") == wanted["until"]
+                or (wanted["open_until"] and progress.get("open_until"))):
+            wanted["until"] = progress["until"]
+            log.info("backfill %s [%s]: resuming the unfinished backfill of this window",
+                     stream_name, domain)
+            resumed = Window.from_cursor(progress)
+            resumed.end = parse_hq_datetime(progress["until"])
+            return resumed
+        return Window(start=since, end=parse_hq_datetime(wanted["until"]))
+
+    client = make_client(settings)
+    try:
+        return sync_stream(settings, warehouse, client, domain, stream_name, command="backfill",
+                           window=window, checkpoint_stream=backfill_key(stream_name),
+                           cursor_extra=wanted, forget_checkpoint_when_done=True)
+    finally:
+        client.close()
+
+
+def reset_streams(settings: Settings, warehouse: Warehouse, domain: str,
+                  streams: list[str]) -> int:
+    """Forget the checkpoints, so the next sync re-reads everything; warehouse rows stay."""
+    deleted = 0
+    with warehouse.connect() as conn:
+        for stream_name in streams:
+            with state.stream_lock(conn, warehouse.schema, domain, stream_name,
+                                   settings.lock_wait_seconds, purpose="sync"):
+                deleted += state.delete_checkpoints(conn, warehouse.schema, domain, [stream_name])
+    return deleted

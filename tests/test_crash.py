@@ -79,3 +79,47 @@ def test_sigkill_while_hq_changes_between_runs(sim_factory, schema, pg_url, db):
     result = run_cli(["sync"], env)
     assert result.returncode == 0, result.stderr
     assert_warehouse_matches(db, schema, sim)
+
+
+def kill_after(env: dict[str, str], seconds: float) -> bool:
+    """Start a sync and SIGKILL it after `seconds` (wherever it is: start-up, migrating,
+    fetching, inside a load transaction). True if it was still running."""
+    proc = _start_sync(env)
+    try:
+        proc.wait(seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        return True
+
+
+def test_twenty_plus_random_sigkills_then_the_warehouse_equals_hq(sim_factory, schema, pg_url, db):
+    sim = sim_factory(n_cases=500)
+    sim.add_ties("demo", "case", 150, indexed_on=None)  # a tie run inside the kill window
+    env = cli_env(sim.base_url, schema, pg_url, CASE_PAGE_SIZE="40", FORM_PAGE_SIZE="40")
+    rng = random.Random(2024)
+    kills = 0
+    for attempt in range(40):
+        if kills >= 22:
+            break
+        if attempt % 2:
+            killed = kill_mid_run(env, pg_url, schema, after_pages=rng.randint(0, 3),
+                                  extra_delay=rng.random() * 0.03, timeout=30)
+        else:
+            killed = kill_after(env, rng.uniform(0.3, 2.0))
+        kills += killed
+        if attempt % 5 == 4:  # HQ changes between some of the runs
+            ids = sorted(sim.snapshot("demo", "case"))
+            sim.update_cases("demo", rng.sample(ids, 10), {"attempt": str(attempt)})
+            sim.close_cases("demo", rng.sample(ids, 2))
+            sim.archive_forms("demo", rng.sample(sorted(sim.snapshot("demo", "form")), 2))
+            sim.add_cases("demo", 5)
+    assert kills >= 20, f"only {kills} runs were killed mid-run"
+    result = run_cli(["sync"], env)
+    assert result.returncode == 0, result.stderr
+    assert_warehouse_matches(db, schema, sim)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        statuses = dict(conn.execute(
+            f'select status, count(*) from "{schema}".sync_runs group by 1').fetchall())
+    assert statuses.get("running", 0) == 0  # every killed run was marked abandoned

@@ -7,6 +7,7 @@ or nothing of it: the next run resumes from the last saved cursor.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import psycopg
@@ -16,6 +17,9 @@ from etl import state
 from etl.transform import Batch
 from etl.transform.cases import CASE_COLUMNS, CASE_INDEX_COLUMNS
 from etl.transform.forms import FORM_COLUMNS
+
+
+_TRANSIENT_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,22 @@ class Loader:
     def load_page(self, *, stream: str, domain: str, batch: Batch, cursor: dict,
                   run_id: int | None, source_url: str = "", checkpoint_stream: str | None = None,
                   requests: int = 0) -> LoadResult:
+        for attempt in range(1, _TRANSIENT_TRIES + 1):
+            try:
+                return self._load_page_once(stream=stream, domain=domain, batch=batch,
+                                            cursor=cursor, run_id=run_id, source_url=source_url,
+                                            checkpoint_stream=checkpoint_stream,
+                                            requests=requests)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                # A backfill and a sync upserting the same records at once: try again.
+                if attempt == _TRANSIENT_TRIES:
+                    raise
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    def _load_page_once(self, *, stream: str, domain: str, batch: Batch, cursor: dict,
+                        run_id: int | None, source_url: str, checkpoint_stream: str | None,
+                        requests: int) -> LoadResult:
         target = TARGETS[stream]
         result = LoadResult(rejected=len(batch.rejects))
         with self.conn.transaction():
