@@ -194,14 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("sync", cmd_sync, "Migrate, then sync cases and forms incrementally.")
+    p = add("sync", cmd_sync, "Migrate, then sync apps, cases and forms incrementally.")
     p.add_argument("--domain", help="only this project space (default: COMMCARE_DOMAIN)")
     p.add_argument("--stream", choices=STREAMS, action="append",
                    help="only this stream (repeatable; default: all)")
 
     p = add("backfill", cmd_backfill,
             "Re-read a window of indexed_on and upsert it, leaving the sync checkpoint alone.")
-    p.add_argument("--resource", choices=STREAMS, required=True)
+    p.add_argument("--resource", choices=("cases", "forms"), required=True)
     p.add_argument("--since", help="start of the window (YYYY-MM-DD[THH:MM:SS], UTC); "
                                    "default: the beginning")
     p.add_argument("--until", help="end of the window (inclusive); default: now")

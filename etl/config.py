@@ -22,7 +22,7 @@ from pydantic_settings import (
 from etl.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("config") / "commcare-etl.toml"
-STREAMS = ("cases", "forms")
+STREAMS = ("apps", "cases", "forms")
 
 
 def config_file() -> Path:
@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     retry_max_wait: float = Field(120.0, ge=0)
 
     # --- Warehouse ---
+    bi_tables: bool = Field(
+        True, description="Also write one table per case type, form and repeat group.")
     database_url: str | None = None
     warehouse_schema: str = Field("commcare", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     embedded_pg_dir: Path = Path(".commcare-etl") / "pgdata"

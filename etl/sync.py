@@ -22,11 +22,13 @@ from etl.extract.streams import Page, Window, make_stream
 from etl.load.postgres import Loader
 from etl.transform import transform_page
 from etl.transform.cases import transform_case
+from etl.transform.apps import transform_app
 from etl.transform.forms import transform_form
 
 log = logging.getLogger(__name__)
 
-TRANSFORMS = {"cases": (transform_case, "case_id"), "forms": (transform_form, "id")}
+TRANSFORMS = {"cases": (transform_case, "case_id"), "forms": (transform_form, "id"),
+              "apps": (transform_app, "id")}
 T = TypeVar("T")
 
 
@@ -140,7 +142,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                              form_page_size=settings.form_page_size)
         log.info("%s %s [%s]: starting from %s", command, stream_name, domain,
                  _describe(window))
-        loader = Loader(conn, warehouse.schema)
+        loader = Loader(conn, warehouse.schema, bi=settings.bi_tables)
         last_progress = time.monotonic()
         try:
             for page in prefetch(stream.pages(window)):
@@ -161,6 +163,8 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                     "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                     report.error, stream.requests_made)
             raise
+        if settings.bi_tables and stream_name in ("apps", "forms") and report.records:
+            _refresh_typed_views(conn, warehouse.schema)
         report.status = "ok"
         report.requests = stream.requests_made
         report.seconds = time.monotonic() - started
@@ -189,6 +193,14 @@ def _load(loader: Loader, page: Page, report: StreamReport, stream_name: str, do
         log.warning("%s [%s]: %d record(s) could not be loaded and went to dead_letters "
                     "(first: %s)", stream_name, domain, len(batch.rejects), batch.rejects[0].reason)
     log.debug("%s [%s]: loaded page of %d (%s)", stream_name, domain, batch.records, page.url)
+
+
+def _refresh_typed_views(conn: psycopg.Connection, schema: str) -> None:
+    from etl.load.bi import refresh_typed_views
+
+    for column, count in refresh_typed_views(conn, schema).items():
+        log.warning("%d value(s) in %s do not parse as the app's date/number type: NULL in the "
+                    "_typed view, kept as text in the table", count, column)
 
 
 def _finish(conn: psycopg.Connection, schema: str, run_id: int, status: str, error: str | None,

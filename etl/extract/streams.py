@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, ClassVar, Iterator
 
 from etl.dates import ONE_MS, format_iso, format_v05, parse_hq_datetime, truncate_ms
@@ -223,6 +223,29 @@ class CaseStreamV2(Stream):
                 return
 
 
+class AppStream(Stream):
+    """Application Structure API: every app at once (HQ does not page it); a full snapshot."""
+
+    name = "apps"
+    path = "v0.5/application/"
+
+    def pages(self, window: Window) -> Iterator[Page]:
+        apps: list[dict] = []
+        needs_cleaning, url, params = False, self.list_path, {"limit": 100}
+        while True:
+            doc = self.client.get_json(url, params)
+            self.requests_made += 1
+            body = require_json_object(doc, "objects")
+            apps.extend(body["objects"])
+            needs_cleaning |= doc.needs_cleaning
+            next_url = (body.get("meta") or {}).get("next")
+            if not next_url or not body["objects"]:
+                break
+            url, params = next_url, None
+        yield Page(apps, {"synced_at": format_iso(datetime.now(timezone.utc)), "apps": len(apps)},
+                   needs_cleaning, doc.url)
+
+
 def make_stream(name: str, client: HQClient, domain: str, *, case_api: str = "v0.5",
                 case_page_size: int = 5000, form_page_size: int = 1000) -> Stream:
     if name == "cases":
@@ -230,4 +253,6 @@ def make_stream(name: str, client: HQClient, domain: str, *, case_api: str = "v0
         return cls(client, domain, case_page_size)
     if name == "forms":
         return FormStream(client, domain, form_page_size)
+    if name == "apps":
+        return AppStream(client, domain, 100)
     raise ValueError(f"unknown stream {name!r}")

@@ -24,6 +24,8 @@ class Batch:
     rejects: list[Reject] = field(default_factory=list)
     cleaned_values: int = 0
     records: int = 0
+    # By id, what the BI tables are flattened from: a case's properties, a form's record.
+    sources: dict[str, dict] = field(default_factory=dict)
 
     def add(self, table: str, row: tuple) -> None:
         self.rows.setdefault(table, []).append(row)

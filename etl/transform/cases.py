@@ -94,5 +94,6 @@ def transform_case(record: dict, domain: str, batch: Batch) -> None:
         ))
     # Add only once the whole record transformed: a rejected record leaves no partial rows.
     batch.add("cases", case_row)
+    batch.sources[case_id] = properties
     for row in index_rows:
         batch.add("case_indices", row)

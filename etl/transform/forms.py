@@ -25,6 +25,7 @@ def transform_form(record: dict, domain: str, batch: Batch) -> None:
     if not isinstance(meta, dict):
         meta = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
     attachments = record.get("attachments")
+    batch.sources[form_id] = record
     batch.add("forms", (
         domain,
         form_id,
