@@ -63,7 +63,7 @@ def test_sigkill_mid_run_then_resume_loses_and_duplicates_nothing(sim_factory, s
     assert result.returncode == 0, result.stderr
     assert_warehouse_matches(db, schema, sim)
     runs = dict(db.execute(f'select status, count(*) from "{schema}".sync_runs group by 1').fetchall())
-    assert runs.get("abandoned", 0) >= 1 and runs["ok"] == 2
+    assert runs.get("abandoned", 0) >= 1 and runs["ok"] >= 3  # apps, cases, forms (+ earlier)
 
 
 def test_sigkill_while_hq_changes_between_runs(sim_factory, schema, pg_url, db):

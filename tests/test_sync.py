@@ -21,17 +21,18 @@ def _requests(sim, resource_path: str) -> list[str]:
 
 
 def test_initial_sync_loads_exactly_what_hq_serves(sim, settings, warehouse, db):
-    reports = run_sync(settings, warehouse)
-    assert [(r.stream, r.status) for r in reports] == [("cases", "ok"), ("forms", "ok")]
+    reports = {r.stream: r for r in run_sync(settings, warehouse)}
+    assert [(r.stream, r.status) for r in reports.values()] == [
+        ("apps", "ok"), ("cases", "ok"), ("forms", "ok")]
     n_cases, n_forms = assert_warehouse_matches(db, warehouse.schema, sim)
     assert n_cases == len(sim.snapshot("demo", "case")) > 0
-    assert reports[0].records >= n_cases and reports[1].records >= n_forms
+    assert reports["cases"].records >= n_cases and reports["forms"].records >= n_forms
     checkpoints = {s: c for _, s, c, _ in state.list_checkpoints(db, warehouse.schema)}
-    assert set(checkpoints) == {"cases", "forms"}
+    assert set(checkpoints) == {"apps", "cases", "forms"}
     newest = max(parse_hq_datetime(c["indexed_on"]) for c in sim.snapshot("demo", "case").values())
     assert parse_hq_datetime(checkpoints["cases"]["indexed_on"]) == truncate_ms(newest)
     runs = db.execute(f'select stream, status, records from "{warehouse.schema}".sync_runs').fetchall()
-    assert sorted(r[:2] for r in runs) == [("cases", "ok"), ("forms", "ok")]
+    assert sorted(r[:2] for r in runs) == [("apps", "ok"), ("cases", "ok"), ("forms", "ok")]
 
 
 def test_incremental_sync_picks_up_changes_and_reads_only_new_pages(sim, settings, warehouse, db):
@@ -63,7 +64,7 @@ def test_rerun_without_changes_is_idempotent(sim, settings, warehouse, db):
     run_sync(settings, warehouse)
     before = db.execute(f'select count(*), sum(hashtext(properties::text)) '
                         f'from "{warehouse.schema}".cases').fetchone()
-    reports = run_sync(settings, warehouse)
+    reports = run_sync(settings, warehouse, streams=["cases", "forms"])
     assert all(r.status == "ok" and r.inserted == 0 for r in reports)
     after = db.execute(f'select count(*), sum(hashtext(properties::text)) '
                        f'from "{warehouse.schema}".cases').fetchone()
