@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 from etl import __version__
 from etl.config import STREAMS, Settings, load_settings
-from etl.errors import ConfigError, EtlError, ExitCode, Interrupted
+from etl.errors import ConfigError, EtlError, ExitCode, Interrupted, LockBusyError
 
 log = logging.getLogger("etl")
 
@@ -89,8 +89,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
     failed = [r for r in reports if r.status != "ok"]
     if failed:
         first = failed[0]
-        raise EtlError(f"{len(failed)} of {len(reports)} stream(s) failed; first: "
-                       f"{first.stream} [{first.domain}]: {first.error}")
+        error = EtlError(f"{len(failed)} of {len(reports)} stream(s) failed; first: "
+                         f"{first.stream} [{first.domain}]: {first.error}")
+        if all(isinstance(r.exception, LockBusyError) for r in failed):
+            error.exit_code = ExitCode.LOCKED  # nothing failed: another run had the work
+        raise error
     total = sum(r.records for r in reports)
     log.info("sync finished: %d stream(s), %d records", len(reports), total)
     return ExitCode.OK

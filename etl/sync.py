@@ -16,7 +16,7 @@ from etl import state
 from etl.config import Settings
 from etl.dates import format_iso, parse_hq_datetime
 from etl.db import Warehouse
-from etl.errors import AuthError, EtlError
+from etl.errors import AuthError, EtlError, Interrupted
 from etl.extract.client import HQClient
 from etl.extract.streams import Page, Window, make_stream
 from etl.load.postgres import Loader
@@ -233,7 +233,7 @@ def run_sync(settings: Settings, warehouse: Warehouse, *, streams: list[str] | N
             for stream_name in streams or settings.streams:
                 try:
                     reports.append(sync_stream(settings, warehouse, client, domain, stream_name))
-                except AuthError:
+                except (AuthError, Interrupted):
                     raise
                 except EtlError as exc:
                     log.error("sync %s [%s] failed: %s", stream_name, domain, exc)
