@@ -193,6 +193,10 @@ class Catalog:
         return result
 
 
+def _text(value: object) -> str | None:
+    return value if type(value) is str else as_text(value)  # the common case, fast
+
+
 def column_comment(path: str, label: str | None) -> str:
     return f"{label} ({path})" if label else path
 
@@ -285,7 +289,7 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
             properties = batch.sources[row[1]]
             case_links = indices.get(row[1], {})
             out.append(row[:16] + (row[17],)
-                       + tuple(as_text(properties.get(p)) for p, _ in dynamic)
+                       + tuple(_text(properties.get(p)) for p, _ in dynamic)
                        + tuple(case_links.get(i) for i, _ in links))
         _replace_rows(catalog, info, domain, [r[1] for r in type_rows], columns, out, "case_id")
 
