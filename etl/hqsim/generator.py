@@ -274,6 +274,11 @@ class Dataset:
                                       "relationship": ref.get("@relationship", "child")}
         if "close" in block:
             case.update(closed=True, closed_by=user_id, date_closed=fmt(when))
+        # Each write to the search index is stamped when it happens: a document's indexed_on
+        # never moves backwards, even when the form that changed it is indexed late.
+        previous = datetime.fromisoformat(case["indexed_on"].replace("Z", "+00:00"))
+        if stamp <= previous and len(case["xform_ids"]) > 0:
+            stamp = previous + timedelta(milliseconds=1)
         case.update(user_id=user_id, date_modified=fmt(when), server_date_modified=fmt(when),
                     indexed_on=fmt(stamp))
         if form_id not in case["xform_ids"]:
