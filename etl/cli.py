@@ -163,7 +163,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from etl.simulator import serve
+    from etl.hqsim import serve
 
     setup_logging(args.log_level or "INFO")
     serve(host=args.host, port=args.port, domain=args.sim_domain, n_cases=args.cases,

@@ -74,7 +74,7 @@ def make_settings(base_url: str, schema: str, pg_url: str, **overrides) -> Setti
 
 @pytest.fixture
 def sim_factory():
-    from etl.simulator import Dataset, HQSimulator
+    from etl.hqsim import Dataset, HQSimulator
 
     started = []
 
