@@ -51,6 +51,7 @@ class Dataset:
     rng: random.Random = field(default_factory=random.Random, repr=False)
     by_type: dict[str, list[str]] = field(default_factory=dict, repr=False)
     touched: list[str] = field(default_factory=list, repr=False)  # cases the last form changed
+    awkward_count: int = field(default=0, repr=False)
 
     @classmethod
     def generate(cls, domain: str = "demo", seed: int = 0, n_cases: int = 300,
@@ -178,9 +179,15 @@ class Dataset:
                  LONG_NAME: "7", LONG_NAME + "_again": "8"}
         for i in range(rng.randint(5, 15)):
             props[f"prop_{i}"] = rng.choice(["a", "b", "", "2024-05-01", "12.5"])
-        if self.awkward and rng.random() < 0.3:
-            props["note"] = rng.choice(["nul\x00here", "lone \ud800 surrogate", "ok"])
-            props["bad\x00key"] = "v"
+        if self.awkward:  # every third patient: a NUL, a lone surrogate, or a NUL in a name
+            self.awkward_count += 1
+            kind = self.awkward_count % 3
+            if kind == 0:
+                props["note"] = "nul\x00here"
+            elif kind == 1:
+                props["note"] = "lone \ud800 surrogate"
+            else:
+                props["bad\x00key"] = "v"
         return props
 
     def _date_shape(self) -> str:

@@ -422,6 +422,7 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s - %s", self.address_string(), format % args)
 
     def do_POST(self) -> None:  # noqa: N802
+        self._log = None
         split = urlsplit(self.path)
         length = int(self.headers.get("Content-Length") or 0)
         payload = json.loads(self.rfile.read(length) or b"{}")
@@ -439,8 +440,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         split = urlsplit(self.path)
         pairs = parse_qsl(split.query, keep_blank_values=True)
-        status = 200
-        fault_kind = None
+        self._log = RequestLog("GET", split.path, split.query, 0)
+        with self.sim.lock:
+            self.sim.requests.append(self._log)
         try:
             if split.path == "/_sim/stats":
                 stats = {f"{d}/{r}": len(i.docs) for (d, r), i in self.sim.indexes.items()}
@@ -448,28 +450,23 @@ class _Handler(BaseHTTPRequestHandler):
             match_v05, match_v2 = V05.match(split.path), V2.match(split.path)
             match = match_v05 or match_v2
             if not match:
-                status = 404
                 return self._send(404, b"")
             domain = match["domain"]
             resource = "case_v2" if match_v2 else (match["a"] or match["b"])
             denied = self.sim.authenticate(self.headers.get("Authorization"), dict(pairs),
                                            allow_query=not match_v2, domain=domain)
             if denied:
-                status = denied
                 headers = {"WWW-Authenticate": 'Digest realm="CommCare HQ"'} if denied == 401 else {}
                 return self._send(denied, b"", headers=headers)
             fault = self.sim.faults.take(resource)
             if fault:
-                fault_kind = fault.kind
-                status = self._fault(fault)
-                if status is not None:
+                self._log.fault = fault.kind
+                if self._fault(fault) is not None:
                     return
-                status = 200
             if match_v2:
                 if match["id"]:
                     doc = self.sim.indexes[(domain, "case")].docs.get(match["id"])
                     if doc is None:
-                        status = 404
                         return self._send(404, json.dumps({"error": f"Case '{match['id']}' not found"}).encode())
                     return self._send(200, json.dumps(v2_case(doc.record)).encode())
                 return self._send(200, self.sim.v2_list(domain, pairs))
@@ -478,16 +475,11 @@ class _Handler(BaseHTTPRequestHandler):
             if match["id"]:
                 doc = self.sim.indexes[(domain, resource)].docs.get(match["id"])
                 if doc is None:
-                    status = 404
                     return self._send(404, b"")
                 return self._send(200, doc.body)
             return self._send(200, self.sim.v05_list(domain, resource, split.path, pairs))
         except BadRequest as exc:
-            status = 400
             self._send(400, json.dumps({"error": str(exc)}).encode())
-        finally:
-            with self.sim.lock:
-                self.sim.requests.append(RequestLog("GET", split.path, split.query, status, fault_kind))
 
     def _fault(self, fault) -> int | None:
         """Apply a fault; return the status sent, or None to go on serving normally."""
@@ -512,6 +504,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 200
         if kind == "reset":
             body = b'{"meta": {"limit": 20}, "objects": [' + b"{}," * 2000
+            self._log.status = 200
             self.send_response(200)
             self.send_header("Content-Type", "application/json; charset=utf-8")
             self.send_header("Content-Length", str(len(body) * 4))
@@ -527,6 +520,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes, headers: dict | None = None,
               content_type: str = "application/json; charset=utf-8") -> None:
+        if getattr(self, "_log", None) is not None:
+            self._log.status = status
         self.send_response(status)
         if body or status == 200:
             self.send_header("Content-Type", content_type)
