@@ -20,7 +20,7 @@ from etl.errors import AuthError, EtlError, Interrupted
 from etl.extract.client import HQClient
 from etl.extract.streams import Page, Window, make_stream
 from etl.load.postgres import Loader
-from etl.transform import transform_page
+from etl.transform import Batch, transform_page
 from etl.transform.cases import transform_case
 from etl.transform.apps import transform_app
 from etl.transform.forms import transform_form
@@ -145,10 +145,15 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
         loader = Loader(conn, warehouse.schema, bi=settings.bi_tables)
         last_progress = time.monotonic()
         try:
-            for page in prefetch(stream.pages(window)):
+            # Fetching and transforming (pure) run a page ahead, in a thread, while this one
+            # loads; loads stay strictly in order, one transaction per page.
+            transformed = ((page, transform_page(page.records, domain, transform,
+                                                 page.needs_cleaning, id_key))
+                           for page in stream.pages(window))
+            for page, batch in prefetch(transformed):
                 if cursor_extra:
                     page.cursor = {**page.cursor, **cursor_extra}
-                _load(loader, page, report, stream_name, domain, transform, id_key, run_id,
+                _load(loader, page, batch, report, stream_name, domain, run_id,
                       checkpoint_stream, stream.requests_made)
                 if time.monotonic() - last_progress > 30:
                     last_progress = time.monotonic()
@@ -175,9 +180,8 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
     return report
 
 
-def _load(loader: Loader, page: Page, report: StreamReport, stream_name: str, domain: str,
-          transform, id_key: str, run_id: int, checkpoint_stream: str, requests: int) -> None:
-    batch = transform_page(page.records, domain, transform, page.needs_cleaning, id_key)
+def _load(loader: Loader, page: Page, batch: Batch, report: StreamReport, stream_name: str,
+          domain: str, run_id: int, checkpoint_stream: str, requests: int) -> None:
     result = loader.load_page(stream=stream_name, domain=domain, batch=batch, cursor=page.cursor,
                               run_id=run_id, source_url=page.url,
                               checkpoint_stream=checkpoint_stream, requests=requests)

@@ -9,7 +9,6 @@ says what to fix, on what cannot (401/403 and other 4xx).
 from __future__ import annotations
 
 import email.utils
-import json
 import logging
 import random
 import re
@@ -22,7 +21,7 @@ import requests
 import tenacity
 from requests.adapters import HTTPAdapter
 
-from etl import __version__
+from etl import __version__, jsonutil
 from etl.errors import AuthError, HQError, HQRequestRejected, MalformedResponse
 
 log = logging.getLogger(__name__)
@@ -183,7 +182,7 @@ class HQClient:
         if status != 200:
             raise _Retryable(f"unexpected HTTP {status}")
         try:
-            data = json.loads(raw)
+            data = jsonutil.loads(raw)
         except ValueError as exc:
             kind = response.headers.get("Content-Type", "unknown content type")
             raise _Retryable(f"malformed JSON body ({kind}, {len(raw)} bytes): {exc}") from None
