@@ -60,3 +60,39 @@ def test_settings_file_under_config_is_read(sim, schema, pg_url, tmp_path):
     result = run_cli(["sync"], env)
     assert result.returncode == 0, result.stderr
     assert "sync cases [demo]: ok" in result.stderr and "sync forms" not in result.stderr
+
+
+def test_a_dotenv_file_in_the_working_directory_is_read(sim, schema, pg_url, tmp_path):
+    env = cli_env(sim.base_url, schema, pg_url, STREAMS="forms")
+    (tmp_path / ".env").write_text(f"COMMCARE_API_KEY={env.pop('COMMCARE_API_KEY')}\n")
+    result = run_cli(["sync"], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "sync forms [demo]: ok" in result.stderr
+
+
+def test_simulate_serves_hq_until_stopped():
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "etl", "simulate", "--port", str(port),
+                             "--cases", "30"], stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            try:
+                r = requests.get(f"http://127.0.0.1:{port}/a/demo/api/v0.5/case/",
+                                 headers={"Authorization": "ApiKey demo@example.org:demo-key"},
+                                 timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        assert r.status_code == 200 and r.json()["meta"]["total_count"] == 30
+    finally:
+        proc.terminate()
+        proc.wait(10)

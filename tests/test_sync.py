@@ -148,3 +148,20 @@ def test_awkward_values_are_loaded_and_counted(sim_factory, schema, pg_url, ware
     cleaned = db.execute(f'select sum(cleaned_values) from "{schema}".sync_runs').fetchone()[0]
     assert cleaned == sum(r.cleaned for r in reports)
     assert db.execute(f'select count(*) from "{schema}".dead_letters').fetchone()[0] == 0
+
+
+def test_a_record_that_cannot_be_loaded_goes_to_dead_letters_and_the_run_says_so(
+        sim, settings, warehouse, db, caplog):
+    broken = {"id": None, "properties": "not an object", "indexed_on": "2030-01-01T00:00:00.000000Z"}
+    sim.indexes[("demo", "case")].put(broken, "broken-1")
+    report = run_sync(settings, warehouse, streams=["cases"])[0]
+    assert report.status == "ok" and report.rejected == 1
+    assert "dead_letters" in report.summary() and "dead_letters" in caplog.text
+    reason, raw, url = db.execute(
+        f'select reason, raw, source_url from "{warehouse.schema}".dead_letters').fetchone()
+    assert "no case_id" in reason and '"not an object"' in raw and "/api/v0.5/case/" in url
+    run = db.execute(f'select dead_letters from "{warehouse.schema}".sync_runs').fetchone()
+    assert run == (1,)
+    snapshot_ids = set(sim.snapshot("demo", "case")) - {"broken-1"}
+    loaded = {r[0] for r in db.execute(f'select case_id from "{warehouse.schema}".cases')}
+    assert loaded == snapshot_ids  # every other record of that page still loaded
