@@ -118,7 +118,9 @@ class Warehouse:
         migrate(self.engine, self.schema)
 
     def display_url(self) -> str:
-        return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=True)
+        """A URL to show (and paste into psql): the password, if there is one, masked."""
+        url = self.engine.url.set(drivername="postgresql")
+        return url.render_as_string(hide_password=bool(url.password))
 
     def dispose(self) -> None:
         self.engine.dispose()

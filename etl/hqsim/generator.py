@@ -76,8 +76,9 @@ class Dataset:
     # --- time and ids ---------------------------------------------------------------------
 
     def tick(self) -> datetime:
-        # Mostly a few ms apart; now and then two writes share a millisecond (natural ties).
-        step = self.rng.choice((0, 1, 3, 7, 20, 45, 120))
+        # Field work: seconds to tens of minutes apart, with bursts a few ms apart, and now
+        # and then two writes in one millisecond (natural ties).
+        step = self.rng.choice((0, 1, 7, 45, 2_000, 30_000, 180_000, 1_200_000))
         self.clock += timedelta(milliseconds=step, microseconds=self.rng.randrange(1000))
         return self.clock
 
