@@ -19,17 +19,21 @@ def expected_forms(sim, domain: str) -> dict[str, dict]:
     return Cleaner()(sim.snapshot(domain, "form"))
 
 
+def _assert_same_ids(got: list[str], expected: dict, what: str) -> None:
+    counts = Counter(got)
+    duplicated = [i for i, n in counts.items() if n > 1]
+    assert not duplicated, f"{len(duplicated)} {what} duplicated, e.g. {duplicated[:3]}"
+    missing, extra = set(expected) - set(counts), set(counts) - set(expected)
+    assert not missing, f"{len(missing)} {what} missing, e.g. {sorted(missing)[:3]}"
+    assert not extra, f"{len(extra)} {what} that HQ does not have, e.g. {sorted(extra)[:3]}"
+
+
 def assert_cases_match(conn: psycopg.Connection, schema: str, sim, domain: str = "demo") -> int:
     expected = expected_cases(sim, domain)
     rows = conn.execute(
         f'select case_id, closed, properties, indexed_on, xform_ids, case_type, closed_by, '
         f'date_closed from "{schema}".cases where domain = %s and not deleted', (domain,)).fetchall()
-    ids = Counter(r[0] for r in rows)
-    assert not [i for i, n in ids.items() if n > 1], "duplicated cases"
-    missing = set(expected) - set(ids)
-    extra = set(ids) - set(expected)
-    assert not missing, f"{len(missing)} cases missing, e.g. {sorted(missing)[:3]}"
-    assert not extra, f"{len(extra)} cases that HQ does not have, e.g. {sorted(extra)[:3]}"
+    _assert_same_ids([r[0] for r in rows], expected, "cases")
     stale = []
     for case_id, closed, properties, indexed_on, xform_ids, case_type, closed_by, date_closed in rows:
         want = expected[case_id]
@@ -58,10 +62,7 @@ def assert_forms_match(conn: psycopg.Connection, schema: str, sim, domain: str =
     rows = conn.execute(
         f'select form_id, archived, form, indexed_on, xmlns from "{schema}".forms '
         f'where domain = %s and not deleted', (domain,)).fetchall()
-    ids = Counter(r[0] for r in rows)
-    assert not [i for i, n in ids.items() if n > 1], "duplicated forms"
-    assert set(ids) == set(expected), (
-        f"missing {len(set(expected) - set(ids))}, extra {len(set(ids) - set(expected))}")
+    _assert_same_ids([r[0] for r in rows], expected, "forms")
     stale = [form_id for form_id, archived, form, indexed_on, xmlns in rows
              if archived != expected[form_id]["archived"] or form != expected[form_id]["form"]
              or indexed_on != parse_hq_datetime(expected[form_id]["indexed_on"])
