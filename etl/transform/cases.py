@@ -37,13 +37,19 @@ def _required_id(record: dict, *keys: str) -> str:
     raise ValueError(f"record has no {' or '.join(keys)}")
 
 
+def _object(record: dict, key: str) -> dict:
+    """An optional JSON object field: {} when missing or null, an error when something else."""
+    value = record.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{key!r} is a {type(value).__name__}, not an object")
+    return value
+
+
 def transform_case(record: dict, domain: str, batch: Batch) -> None:
     case_id = _required_id(record, "case_id", "id")
-    properties = record.get("properties")
-    if properties is None:
-        properties = {}
-    if not isinstance(properties, dict):
-        raise ValueError(f"'properties' is a {type(properties).__name__}, not an object")
+    properties = _object(record, "properties")
     if "case_type" in record and "case_type" not in properties:
         # Case API v2: the special properties are top-level; keep `properties` as v0.5 has it.
         properties = dict(properties)
@@ -77,9 +83,7 @@ def transform_case(record: dict, domain: str, batch: Batch) -> None:
         jsonutil.dumps(properties),
         [str(x) for x in xform_ids if x is not None],
     )
-    indices = record.get("indices") or {}
-    if not isinstance(indices, dict):
-        raise ValueError(f"'indices' is a {type(indices).__name__}, not an object")
+    indices = _object(record, "indices")
     index_rows = []
     for identifier, index in indices.items():
         if not isinstance(index, dict):

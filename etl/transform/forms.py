@@ -5,7 +5,7 @@ from __future__ import annotations
 from etl import jsonutil
 from etl.dates import parse_hq_datetime as dt
 from etl.transform import Batch
-from etl.transform.cases import _bool, _required_id, _text
+from etl.transform.cases import _bool, _object, _required_id, _text
 
 FORM_COLUMNS = (
     "domain", "form_id", "xmlns", "form_name", "app_id", "build_id", "received_on",
@@ -16,11 +16,7 @@ FORM_COLUMNS = (
 
 def transform_form(record: dict, domain: str, batch: Batch) -> None:
     form_id = _required_id(record, "id", "form_id")
-    form = record.get("form")
-    if form is None:
-        form = {}
-    if not isinstance(form, dict):
-        raise ValueError(f"'form' is a {type(form).__name__}, not an object")
+    form = _object(record, "form")
     meta = form.get("meta")
     if not isinstance(meta, dict):
         meta = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
