@@ -165,7 +165,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
             report.exception = exc
             report.seconds = time.monotonic() - started
             _finish(conn, warehouse.schema, run_id,
-                    "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                    "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failed",
                     report.error, stream.requests_made)
             raise
         if settings.bi_tables and stream_name in ("apps", "forms") and report.records:

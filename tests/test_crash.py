@@ -12,7 +12,7 @@ import time
 import psycopg
 
 from tests.conftest import cli_env, run_cli
-from tests.matching import assert_warehouse_matches
+from tests.matching import assert_cases_match, assert_warehouse_matches
 
 
 def _start_sync(env: dict[str, str]) -> subprocess.Popen:
@@ -123,3 +123,23 @@ def test_twenty_plus_random_sigkills_then_the_warehouse_equals_hq(sim_factory, s
         statuses = dict(conn.execute(
             f'select status, count(*) from "{schema}".sync_runs group by 1').fetchall())
     assert statuses.get("running", 0) == 0  # every killed run was marked abandoned
+
+
+def test_sigterm_stops_cleanly_exits_130_and_says_so(sim_factory, schema, pg_url, db):
+    sim = sim_factory(n_cases=400)
+    sim.faults.add("slow", count=1000, resource="case", after=2, delay=0.3)
+    env = cli_env(sim.base_url, schema, pg_url, CASE_PAGE_SIZE="20", STREAMS="cases")
+    proc = subprocess.Popen([sys.executable, "-m", "etl", "sync"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while _pages_committed(pg_url, schema) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "SIGTERM" in stderr and "checkpoint stays" in stderr
+    status = db.execute(f'select status from "{schema}".sync_runs').fetchone()[0]
+    assert status == "interrupted"
+    sim.faults.clear()
+    assert run_cli(["sync"], env).returncode == 0
+    assert_cases_match(db, schema, sim)  # the next run completes the stream
