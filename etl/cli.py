@@ -11,9 +11,9 @@ import time
 from datetime import timedelta
 from typing import Callable, Sequence
 
-from etl import __version__
+from etl import __version__, stopping
 from etl.config import STREAMS, Settings, load_settings
-from etl.errors import ConfigError, EtlError, ExitCode, Interrupted, LockBusyError
+from etl.errors import ConfigError, EtlError, ExitCode, LockBusyError
 
 log = logging.getLogger("etl")
 
@@ -166,6 +166,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from etl.hqsim import serve
 
     setup_logging(args.log_level or "INFO")
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # nothing to finish: SIGTERM just ends it
     serve(host=args.host, port=args.port, domain=args.sim_domain, n_cases=args.cases,
           seed=args.seed, username=args.username, api_key=args.api_key)
     return ExitCode.OK
@@ -232,14 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise Interrupted("stopped by SIGTERM; the checkpoint stays at the last loaded page")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, stopping.on_sigterm)
     try:
         return args.func(args)
     except EtlError as exc:

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     warehouse_schema: str = Field("commcare", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     embedded_pg_dir: Path = Path(".commcare-etl") / "pgdata"
+    parallel_streams: int = Field(
+        1, ge=1, le=32, description="Streams (and domains) synced at once, each in a process.")
     lock_wait_seconds: float = Field(
         0.0, ge=0, description="How long a run waits for another run of the same stream."
     )

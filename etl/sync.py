@@ -12,7 +12,7 @@ from typing import Callable, Iterator, TypeVar
 
 import psycopg
 
-from etl import state
+from etl import state, stopping
 from etl.config import Settings
 from etl.dates import format_iso, parse_hq_datetime
 from etl.db import Warehouse
@@ -100,7 +100,11 @@ def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
     thread.start()
     try:
         while True:
-            ok, item = slots.get()
+            try:
+                ok, item = slots.get(timeout=0.2)
+            except queue.Empty:
+                stopping.check()  # waiting for HQ is a safe place to stop
+                continue
             if not ok:
                 raise item
             if item is done:
@@ -155,6 +159,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                     page.cursor = {**page.cursor, **cursor_extra}
                 _load(loader, page, batch, report, stream_name, domain, run_id,
                       checkpoint_stream, stream.requests_made)
+                stopping.check()  # between pages: the last one is committed
                 if time.monotonic() - last_progress > 30:
                     last_progress = time.monotonic()
                     log.info("%s %s [%s]: %d records so far, at indexed_on %s", command,
@@ -228,21 +233,47 @@ def _describe(window: Window) -> str:
 
 def run_sync(settings: Settings, warehouse: Warehouse, *, streams: list[str] | None = None,
              domains: list[str] | None = None) -> list[StreamReport]:
-    """Sync every configured (domain, stream). An auth failure stops the run at once;
-    any other failure is reported and the remaining streams still run."""
+    """Sync every configured (domain, stream). An auth failure stops the run; any other
+    failure is reported and the remaining streams still run.
+
+    `apps` goes first (the form tables take names, labels and repeats from it); the other
+    streams run PARALLEL_STREAMS at a time, each in its own process when more than one.
+    """
+    jobs = [(d, s) for d in domains or settings.commcare_domain for s in streams or settings.streams]
+    first = [job for job in jobs if job[1] == "apps"]
+    rest = [job for job in jobs if job[1] != "apps"]
+    reports = _run_in_turn(settings, warehouse, first)
+    if settings.parallel_streams > 1 and len(rest) > 1:
+        from etl.parallel import run_parallel
+
+        url = warehouse.engine.url.render_as_string(hide_password=False)
+        parallel = run_parallel(settings, url, warehouse.schema, rest, settings.parallel_streams)
+        for report in parallel:
+            if isinstance(report.exception, (AuthError, Interrupted)):
+                raise report.exception
+        reports += parallel
+    else:
+        reports += _run_in_turn(settings, warehouse, rest)
+    return reports
+
+
+def _run_in_turn(settings: Settings, warehouse: Warehouse,
+                 jobs: list[tuple[str, str]]) -> list[StreamReport]:
     reports: list[StreamReport] = []
+    if not jobs:
+        return reports
     client = make_client(settings)
     try:
-        for domain in domains or settings.commcare_domain:
-            for stream_name in streams or settings.streams:
-                try:
-                    reports.append(sync_stream(settings, warehouse, client, domain, stream_name))
-                except (AuthError, Interrupted):
-                    raise
-                except EtlError as exc:
-                    log.error("sync %s [%s] failed: %s", stream_name, domain, exc)
-                    reports.append(StreamReport(domain, stream_name, status="failed",
-                                                error=str(exc), exception=exc))
+        for domain, stream_name in jobs:
+            stopping.check()
+            try:
+                reports.append(sync_stream(settings, warehouse, client, domain, stream_name))
+            except (AuthError, Interrupted):
+                raise
+            except EtlError as exc:
+                log.error("sync %s [%s] failed: %s", stream_name, domain, exc)
+                reports.append(StreamReport(domain, stream_name, status="failed",
+                                            error=str(exc), exception=exc))
     finally:
         client.close()
     return reports

@@ -182,3 +182,28 @@ def test_closing_cases_keeps_closed_fields_current(sim, settings, warehouse, db)
                       f'where case_id = any(%s)', (open_ids,)).fetchall()
     assert len(rows) == 4 and all(closed and by and when for closed, by, when in rows)
     assert_cases_match(db, warehouse.schema, sim)
+
+
+def test_parallel_streams_sync_everything_in_worker_processes(sim_factory, schema, pg_url,
+                                                              warehouse, db):
+    sim = sim_factory(n_cases=90, domains=("demo", "other"))
+    settings = make_settings(sim.base_url, schema, pg_url, commcare_domain=["demo", "other"],
+                             parallel_streams=3, case_page_size=20, form_page_size=20)
+    reports = run_sync(settings, warehouse)
+    assert [(r.domain, r.stream, r.status) for r in reports] == [
+        ("demo", "apps", "ok"), ("other", "apps", "ok"), ("demo", "cases", "ok"),
+        ("demo", "forms", "ok"), ("other", "cases", "ok"), ("other", "forms", "ok")]
+    assert all(r.records > 0 for r in reports)
+    assert_warehouse_matches(db, schema, sim, "demo")
+    assert_warehouse_matches(db, schema, sim, "other")
+
+
+def test_parallel_failures_come_back_with_their_exit_codes(sim, schema, pg_url, warehouse):
+    sim.faults.add("503", count=10_000, resource="form")
+    env = cli_env(sim.base_url, schema, pg_url, PARALLEL_STREAMS="2", RETRY_MAX_SECONDS="0.3")
+    result = run_cli(["sync"], env)
+    assert result.returncode == ExitCode.FAILURE
+    assert "forms [demo]" in result.stderr.strip().splitlines()[-1]
+    with warehouse.connect() as conn:
+        statuses = dict(conn.execute(f'select stream, status from "{schema}".sync_runs').fetchall())
+    assert statuses == {"apps": "ok", "cases": "ok", "forms": "failed"}

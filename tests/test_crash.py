@@ -136,10 +136,21 @@ def test_sigterm_stops_cleanly_exits_130_and_says_so(sim_factory, schema, pg_url
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, stderr[-1500:]
     assert "SIGTERM" in stderr and "checkpoint stays" in stderr
     status = db.execute(f'select status from "{schema}".sync_runs').fetchone()[0]
     assert status == "interrupted"
     sim.faults.clear()
     assert run_cli(["sync"], env).returncode == 0
     assert_cases_match(db, schema, sim)  # the next run completes the stream
+
+
+def test_sigkill_of_a_parallel_run_leaves_no_worker_behind(sim_factory, schema, pg_url, db):
+    sim = sim_factory(n_cases=400)
+    env = cli_env(sim.base_url, schema, pg_url, CASE_PAGE_SIZE="10", FORM_PAGE_SIZE="10",
+                  PARALLEL_STREAMS="2")
+    assert kill_mid_run(env, pg_url, schema, after_pages=4)
+    # The workers die with their parent: nothing holds a lock for long.
+    result = run_cli(["sync"], {**env, "LOCK_WAIT_SECONDS": "15"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_warehouse_matches(db, schema, sim)

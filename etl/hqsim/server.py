@@ -97,6 +97,14 @@ def v2_case(record: dict) -> dict:
     }
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that hangs up mid-request (a killed sync, a timeout) is normal here.
+        log.debug("request from %s ended with an error", client_address, exc_info=True)
+
+
 class HQSimulator:
     def __init__(self, datasets: Iterable[Dataset], users: dict[str, tuple[str, set | None]],
                  host: str = "127.0.0.1", port: int = 0):
@@ -119,8 +127,7 @@ class HQSimulator:
 
     def start(self) -> "HQSimulator":
         handler = type("Handler", (_Handler,), {"sim": self})
-        self._server = ThreadingHTTPServer((self.host, self.port), handler)
-        self._server.daemon_threads = True
+        self._server = _Server((self.host, self.port), handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="hq-simulator",
                                         daemon=True)

@@ -1,0 +1,89 @@
+"""Run (domain, stream) jobs in separate processes, so a sync can use more than one core.
+
+Each job is a whole `sync_stream` in its own process with its own connections, lock and
+transactions, so crash safety is exactly that of a sequential run. Workers die with the process
+that started them (Linux), so a killed scheduler leaves no orphan holding a stream's lock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import signal
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+from etl.config import Settings
+from etl.errors import EtlError
+
+log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
+
+
+def _worker_init(log_level: str, log_format: str) -> None:
+    from etl import stopping
+    from etl.cli import setup_logging
+
+    setup_logging(log_level, log_format)
+    signal.signal(signal.SIGTERM, stopping.on_sigterm)
+    if sys.platform.startswith("linux"):
+        # Die with the parent, as a sequential run would: PostgreSQL rolls back the open page
+        # and the next run marks this one abandoned.
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            log.warning("workers will not stop with their parent (prctl: errno %d)",
+                        ctypes.get_errno())
+
+
+def _portable(exc: BaseException) -> EtlError:
+    """An exception that survives the trip back to the parent process, keeping its exit code."""
+    if isinstance(exc, EtlError):
+        try:
+            return type(exc)(str(exc))
+        except TypeError:
+            pass
+    error = EtlError(f"{type(exc).__name__}: {exc}")
+    error.exit_code = getattr(exc, "exit_code", error.exit_code)
+    return error
+
+
+def _job(settings: Settings, url: str, schema: str, domain: str, stream: str):
+    from etl.db import Warehouse
+    from etl.sync import StreamReport, make_client, sync_stream
+
+    warehouse = Warehouse(url, schema)
+    client = make_client(settings)
+    try:
+        return sync_stream(settings, warehouse, client, domain, stream)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        if not isinstance(exc, EtlError):
+            log.exception("sync %s [%s] failed", stream, domain)
+        report = StreamReport(domain, stream, status="failed", error=str(exc) or type(exc).__name__)
+        report.exception = _portable(exc)
+        return report
+    finally:
+        client.close()
+        warehouse.dispose()
+
+
+def run_parallel(settings: Settings, url: str, schema: str, jobs: list[tuple[str, str]],
+                 workers: int) -> list:
+    """Run the jobs, `workers` at a time; reports come back in the order of `jobs`."""
+    context = multiprocessing.get_context("spawn")
+    executor = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
+                                   initializer=_worker_init,
+                                   initargs=(settings.log_level, settings.log_format))
+    try:
+        futures = {executor.submit(_job, settings, url, schema, d, s): i
+                   for i, (d, s) in enumerate(jobs)}
+        reports: list = [None] * len(jobs)
+        for future in as_completed(futures):
+            reports[futures[future]] = future.result()
+        return reports
+    except BaseException:
+        for process in list(getattr(executor, "_processes", {}).values()):
+            process.terminate()  # they record 'interrupted' and roll back their open page
+        raise
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
