@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from etl.hqsim import Dataset, HQSimulator  # noqa: E402
+from etl.simulator import Dataset, HQSimulator  # noqa: E402
 
 USER, KEY = "bench@example.org", "bench-key"
 TARGET_RECORDS_PER_SECOND = 35_000  # ~10x Dimagi's commcare-export on this machine

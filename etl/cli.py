@@ -163,7 +163,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from etl.hqsim import serve
+    from etl.simulator import serve
 
     setup_logging(args.log_level or "INFO")
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # nothing to finish: SIGTERM just ends it

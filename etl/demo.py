@@ -22,7 +22,7 @@ DEMO_USER = ("demo@example.org", "demo-key")
 
 
 def run_demo(settings: Settings, n_cases: int = 500) -> int:
-    from etl.hqsim import Dataset, HQSimulator
+    from etl.simulator import Dataset, HQSimulator
 
     username, api_key = DEMO_USER
     dataset = Dataset.generate(domain=DEMO_DOMAIN, seed=0, n_cases=n_cases)

@@ -74,7 +74,7 @@ def make_settings(base_url: str, schema: str, pg_url: str, **overrides) -> Setti
 
 @pytest.fixture
 def sim_factory():
-    from etl.hqsim import Dataset, HQSimulator
+    from etl.simulator import Dataset, HQSimulator
 
     started = []
 

@@ -153,7 +153,7 @@ def test_awkward_values_are_loaded_and_counted(sim_factory, schema, pg_url, ware
 def test_a_record_that_cannot_be_loaded_goes_to_dead_letters_and_the_run_says_so(
         sim, settings, warehouse, db, caplog):
     broken = {"id": None, "properties": "not an object", "indexed_on": "2030-01-01T00:00:00.000000Z"}
-    sim.indexes[("demo", "case")].put(broken, "broken-1")
+    sim.add_raw("demo", "case", broken, "broken-1")
     report = run_sync(settings, warehouse, streams=["cases"])[0]
     assert report.status == "ok" and report.rejected == 1
     assert "dead_letters" in report.summary() and "dead_letters" in caplog.text

@@ -1,0 +1,325 @@
+"""HQ's API as HTTP: routes, authentication, envelopes and error bodies.
+
+Handlers return a `Response`; `server.py` puts it on the wire (and applies faults).
+List bodies are assembled from each record's pre-serialized bytes, never re-encoded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import parse_qsl, urlencode
+
+from etl.simulator import auth
+from etl.simulator.hqtime import fmt_us
+from etl.simulator.query import (
+    BadRequest, next_cursor, page_uri, paging, parse_v05, parse_v2, run_v05, run_v2,
+)
+from etl.simulator.records import Record
+from etl.simulator.store import Domain, Store
+
+JSON = "application/json; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+
+_API = re.compile(
+    r"^/a/(?P<domain>[^/]+)/api/(?:(?P<old>v0\.\d+)/(?P<old_name>[\w-]+)"
+    r"|(?P<new_name>[\w-]+)/(?P<new>v\d+))(?:/(?P<rest>.*))?$")
+RESOURCES = {
+    ("case", "v0.5"): "case", ("case", "v1"): "case",
+    ("form", "v0.5"): "form", ("form", "v1"): "form",
+    ("application", "v0.5"): "application", ("application", "v1"): "application",
+    ("case", "v0.6"): "case_v2", ("case", "v2"): "case_v2",
+    ("user", "v0.5"): "user", ("user", "v1"): "user",
+    ("group", "v0.5"): "group", ("group", "v1"): "group",
+}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: str
+    authorization: str | None
+    host: str  # for absolute URLs (Case API v2's `next`)
+    body: bytes = b""
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return parse_qsl(self.query, keep_blank_values=True)
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = JSON
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Route:
+    resource: str  # "case", "form", "application", "case_v2", "user" or "group"
+    domain: str
+    list_uri: str  # this URL style's list path, e.g. /a/demo/api/case/v1/
+    rest: str  # what follows the list path ("" for the list)
+
+
+def route(path: str) -> Route | None:
+    match = _API.match(path)
+    if not match:
+        return None
+    if match["old"]:
+        name, version = match["old_name"], match["old"]
+        list_uri = f"/a/{match['domain']}/api/{version}/{name}/"
+    else:
+        name, version = match["new_name"], match["new"]
+        list_uri = f"/a/{match['domain']}/api/{name}/{version}/"
+    resource = RESOURCES.get((name, version))
+    if resource is None:
+        return None
+    return Route(resource, match["domain"], list_uri, match["rest"] or "")
+
+
+def error(status: int, message: str) -> Response:
+    return Response(status, json.dumps({"error": message}).encode())
+
+
+def empty(status: int, **headers: str) -> Response:
+    """HQ's bare responses (401, 403, 404, 429): no body, Django's default content type."""
+    return Response(status, b"", HTML, list(headers.items()))
+
+
+def unauthorized() -> Response:
+    challenge = (f'Digest realm="CommCare HQ", nonce="{uuid.uuid4().hex}", qop="auth", '
+                 f'opaque="{uuid.uuid4().hex}", algorithm="MD5", stale="false"')
+    return empty(401, **{"WWW-Authenticate": challenge})
+
+
+def handle(store: Store, users: auth.Users, request: Request,
+           r: Route) -> tuple[Response, str | None]:
+    """Answer one API request: (response, authenticated username)."""
+    pairs = request.pairs
+    user = auth.authenticate(users, request.authorization, pairs,
+                             allow_query_credentials=r.resource != "case_v2")
+    if user is None:
+        return unauthorized(), None
+    if not auth.may_access(users, user, r.domain):
+        return empty(403), user
+    domain = store.domains.get(r.domain)
+    if domain is None:
+        return empty(404), user
+    handler = _HANDLERS[r.resource]
+    try:
+        return handler(store, domain, request, r, pairs), user
+    except BadRequest as exc:
+        return error(400, str(exc)), user
+
+
+# --- v0.5 cases and forms ---------------------------------------------------------------------
+
+def _v05(store: Store, domain: Domain, request: Request, r: Route,
+         pairs: list[tuple[str, str]]) -> Response:
+    if request.method not in ("GET", "HEAD"):
+        return empty(405, Allow="GET")
+    fmt = dict(pairs).get("format")
+    if fmt not in (None, "", "json"):
+        raise BadRequest(f"format={fmt} is not supported by the simulator (only JSON)")
+    prefix = r.list_uri.encode()
+    coll = domain.collection(r.resource)
+    if r.rest:
+        record_id = r.rest[:-1] if r.rest.endswith("/") else r.rest
+        with store.lock:
+            record = coll.get(record_id) if "/" not in record_id else None
+        if record is None:
+            return empty(404)
+        return Response(200, record.body(prefix))
+    query = parse_v05(r.resource, pairs)
+    with store.lock:
+        total, page = run_v05(coll, query)
+    limit, offset = query.limit, query.offset
+    next_uri = (None if offset + limit >= total
+                else page_uri(r.list_uri, pairs, limit, offset + limit))
+    previous = None if offset - limit < 0 else page_uri(r.list_uri, pairs, limit, offset - limit)
+    head = (f'{{"meta": {{"limit": {limit}, "next": {json.dumps(next_uri)}, "offset": {offset}, '
+            f'"previous": {json.dumps(previous)}, "total_count": {total}}}, "objects": [')
+    return Response(200, _join(head.encode(), page, lambda rec: rec.parts(prefix), b"]}"))
+
+
+def _join(head: bytes, records: list[Record], parts: Callable[[Record], tuple[bytes, ...]],
+          tail: bytes) -> bytes:
+    chunks = [head]
+    for n, record in enumerate(records):
+        if n:
+            chunks.append(b", ")
+        chunks.extend(parts(record))
+    chunks.append(tail)
+    return b"".join(chunks)
+
+
+# --- applications -----------------------------------------------------------------------------
+
+def _applications(store: Store, domain: Domain, request: Request, r: Route,
+                  pairs: list[tuple[str, str]]) -> Response:
+    if request.method not in ("GET", "HEAD"):
+        return empty(405, Allow="GET")
+    if r.rest:
+        app_id = r.rest.rstrip("/")
+        app = next((a for a in domain.apps if a["id"] == app_id), None)
+        if app is None:
+            return empty(404)
+        return Response(200, json.dumps(app, sort_keys=True, ensure_ascii=False).encode())
+    # DoesNothingPaginator: every app at once, limit/offset ignored.
+    body = {"meta": {"limit": None, "next": None, "offset": 0, "previous": None,
+                     "total_count": len(domain.apps)}, "objects": domain.apps}
+    return Response(200, json.dumps(body, sort_keys=True, ensure_ascii=False).encode())
+
+
+# --- mobile workers and groups (plain tastypie paging over small lists) -----------------------
+
+def _directory(store: Store, domain: Domain, request: Request, r: Route,
+               pairs: list[tuple[str, str]]) -> Response:
+    if request.method not in ("GET", "HEAD"):
+        return empty(405, Allow="GET")
+    objects = [{**o, "resource_uri": f"{r.list_uri}{o['id']}/"}
+               for o in (domain.users if r.resource == "user" else domain.groups)]
+    if r.rest:
+        found = next((o for o in objects if o["id"] == r.rest.rstrip("/")), None)
+        if found is None:
+            return empty(404)
+        return Response(200, json.dumps(found, sort_keys=True, ensure_ascii=False).encode())
+    last = dict(pairs)
+    if r.resource == "user":
+        if last.get("archived", "").lower() == "true":
+            objects = []  # no deactivated workers in the simulated project
+        if "group" in last:
+            members = next((g["users"] for g in domain.groups if g["id"] == last["group"]), [])
+            objects = [o for o in objects if o["id"] in members]
+    limit, offset = paging(last, 1000)
+    total = len(objects)
+    body = {"meta": {
+        "limit": limit, "offset": offset, "total_count": total,
+        "next": None if offset + limit >= total else page_uri(r.list_uri, pairs, limit,
+                                                              offset + limit),
+        "previous": None if offset - limit < 0 else page_uri(r.list_uri, pairs, limit,
+                                                             offset - limit),
+    }, "objects": objects[offset:offset + limit]}
+    return Response(200, json.dumps(body, sort_keys=True, ensure_ascii=False).encode())
+
+
+# --- Case API v2 ------------------------------------------------------------------------------
+
+def _case_v2(store: Store, domain: Domain, request: Request, r: Route,
+             pairs: list[tuple[str, str]]) -> Response:
+    coll = domain.cases
+    rest = r.rest.rstrip("/")
+    if rest == "bulk-fetch":
+        if request.method != "POST":
+            return error(405, "Request method not allowed")
+        return _bulk_fetch(store, domain, request)
+    if request.method not in ("GET", "HEAD"):
+        return error(405, "Request method not allowed")
+    if rest.startswith("ext/"):
+        external_id = rest[4:]
+        with store.lock:
+            found = [rec for rec in coll.ordered if rec.terms[5] == external_id]
+        if not found:
+            return error(404, f"Case '{external_id}' not found")
+        if len(found) > 1:
+            return error(400, f"There are multiple cases with external_id '{external_id}'")
+        return Response(200, found[0].v2_body())
+    if rest:
+        ids = rest.split(",")
+        with store.lock:
+            records = [coll.get(i) for i in ids]
+        if len(ids) == 1:
+            if records[0] is None:
+                return error(404, f"Case '{ids[0]}' not found")
+            return Response(200, records[0].v2_body())
+        return _bulk_body([(i, rec) for i, rec in zip(ids, records)], [])
+    query = parse_v2(pairs)
+    with store.lock:
+        total, page = run_v2(coll, query)
+        bodies = [rec.v2_body() for rec in page]
+    next_url = None
+    if page and len(page) == query.limit:
+        last = json.loads(bodies[-1])
+        stamp = last.get("indexed_on") if isinstance(last, dict) else None
+        cursor = next_cursor(query, stamp or fmt_us(page[-1].ix * 1000), page[-1].id)
+        query = urlencode({"cursor": cursor})
+        next_url = f"http://{request.host}/a/{r.domain}/api/case/v2/?{query}"
+    head = f'{{"matching_records": {total}, "cases": ['.encode()
+    tail = f'], "next": {json.dumps(next_url)}}}'.encode()
+    return Response(200, _join(head, page, lambda rec: (rec.v2_body(),), tail))
+
+
+def _bulk_fetch(store: Store, domain: Domain, request: Request) -> Response:
+    try:
+        body = json.loads(request.body or b"{}")
+        case_ids = list(body.get("case_ids") or [])
+        external_ids = list(body.get("external_ids") or [])
+    except (ValueError, AttributeError, TypeError):
+        raise BadRequest("Request body must be a JSON object with case_ids and/or external_ids")
+    with store.lock:
+        by_case_id = [(i, domain.cases.get(i)) for i in case_ids]
+        by_external = {}
+        if external_ids:
+            wanted = set(external_ids)
+            for rec in domain.cases.ordered:
+                if rec.terms[5] in wanted:
+                    by_external.setdefault(rec.terms[5], rec)
+    return _bulk_body(by_case_id, [(e, by_external.get(e)) for e in external_ids])
+
+
+def _bulk_body(by_case_id: list[tuple[str, Record | None]],
+               by_external: list[tuple[str, Record | None]]) -> Response:
+    chunks, found, missing = [], 0, 0
+    for key, items in (("case_id", by_case_id), ("external_id", by_external)):
+        for wanted, rec in items:
+            if rec is None:
+                missing += 1
+                chunks.append(json.dumps({key: wanted, "error": "not found"}).encode())
+            else:
+                found += 1
+                chunks.append(rec.v2_body())
+    head = f'{{"matching_records": {found}, "missing_records": {missing}, "cases": ['.encode()
+    return Response(200, head + b", ".join(chunks) + b"]}")
+
+
+_HANDLERS = {"case": _v05, "form": _v05, "application": _applications, "case_v2": _case_v2,
+             "user": _directory, "group": _directory}
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+_ERROR_PAGES = {
+    500: "<h1>Server Error (500)</h1><p>Sorry, something went wrong. CommCare HQ has been "
+         "notified.</p>",
+    502: "<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway"
+         "</h1></center><hr><center>nginx</center></body></html>",
+    503: "<!DOCTYPE html><html><head><title>CommCare HQ is down for maintenance</title></head>"
+         "<body><h1>We'll be back shortly</h1></body></html>",
+    504: "<html><head><title>504 Gateway Time-out</title></head><body><center><h1>504 Gateway "
+         "Time-out</h1></center><hr><center>nginx</center></body></html>",
+}
+LOGIN_PAGE = ("<!DOCTYPE html><html lang=\"en\"><head><title>Log In :: CommCare HQ</title></head>"
+              "<body><form method=\"post\" action=\"/accounts/login/\"><input name=\"username\">"
+              "<input type=\"password\" name=\"password\"><button>Sign In</button></form>"
+              "</body></html>")
+
+
+def fault_response(kind: str, retry_after: int | None) -> Response:
+    """The canned response of a status-type fault."""
+    if kind == "429":
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        return empty(429, **headers)
+    if kind == "401":
+        return unauthorized()
+    if kind == "403":
+        return empty(403)
+    if kind == "html":
+        return Response(200, LOGIN_PAGE.encode(), HTML)
+    status = int(kind)
+    return Response(status, _ERROR_PAGES[status].encode(), HTML)

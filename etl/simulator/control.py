@@ -1,0 +1,96 @@
+"""`/_sim/...`: drive a standalone simulator over HTTP (loopback clients only, no auth).
+
+    POST /_sim/faults   {"kind": "503", "count": 2, "resource": "case", "retry_after": 5}
+                        {"random": {"rate": 0.2, "kinds": ["500", "reset"], "seed": 1}}
+                        {"clear": true}          (or DELETE /_sim/faults)
+    POST /_sim/mutate   {"action": "add_cases", "domain": "demo", "n": 5, "case_type": "patient"}
+                        actions: add_cases, update_cases, close_cases, add_forms, archive_forms,
+                        unarchive_forms, delete_cases, delete_forms, add_ties, add_late,
+                        set_clock, clear_requests
+    GET  /_sim/stats    record counts per domain, clock, requests served, faults pending
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from etl.simulator.api import Response, error
+
+if TYPE_CHECKING:
+    from etl.simulator.server import HQSimulator
+
+
+def handle(sim: "HQSimulator", method: str, path: str, body: bytes, client: str) -> Response:
+    if not (client.startswith("127.") or client in ("::1", "localhost")):
+        return error(403, "the control API only answers loopback clients")
+    name = path[len("/_sim/"):].strip("/")
+    try:
+        payload = json.loads(body) if body.strip() else {}
+        if not isinstance(payload, dict):
+            raise ValueError("the body must be a JSON object")
+        if name == "stats" and method == "GET":
+            return _ok(sim.stats())
+        if name == "faults" and method == "DELETE":
+            sim.faults.clear()
+            return _ok({"cleared": True})
+        if name == "faults" and method == "POST":
+            return _ok(_faults(sim, payload))
+        if name == "mutate" and method == "POST":
+            return _ok({"result": _mutate(sim, payload)})
+    except (ValueError, KeyError, TypeError) as exc:
+        return error(400, f"{type(exc).__name__}: {exc}")
+    return error(404, f"no control endpoint {method} {path}")
+
+
+def _ok(data: Any) -> Response:
+    return Response(200, json.dumps(data, default=str).encode())
+
+
+def _faults(sim: "HQSimulator", payload: dict) -> dict:
+    if payload.get("clear"):
+        sim.faults.clear()
+        return {"cleared": True}
+    if "random" in payload:
+        spec = payload["random"]
+        sim.faults.set_random(float(spec["rate"]), list(spec["kinds"]), int(spec.get("seed", 0)))
+        return {"random": spec}
+    options = dict(payload)
+    kind = str(options.pop("kind"))
+    count = int(options.pop("count", 1))
+    resource = options.pop("resource", None)
+    sim.faults.add(kind, count=count, resource=resource, **options)
+    return {"queued": len(sim.faults.pending())}
+
+
+def _mutate(sim: "HQSimulator", payload: dict) -> Any:
+    args = dict(payload)
+    action = args.pop("action")
+    domain = args.pop("domain", None) or sim.default_domain
+    if action == "add_cases":
+        return sim.add_cases(domain, int(args.get("n", 1)), args.get("case_type", "patient"))
+    if action == "update_cases":
+        return sim.update_cases(domain, list(args["case_ids"]), args.get("properties"))
+    if action == "close_cases":
+        return sim.close_cases(domain, list(args["case_ids"]))
+    if action == "add_forms":
+        return sim.add_forms(domain, int(args.get("n", 1)))
+    if action in ("archive_forms", "unarchive_forms"):
+        return getattr(sim, action)(domain, list(args["form_ids"]))
+    if action in ("delete_cases", "delete_forms"):
+        return getattr(sim, action)(domain, list(args["ids"]))
+    if action == "add_ties":
+        moment = args.get("indexed_on")
+        return sim.add_ties(domain, args.get("resource", "case"), int(args.get("n", 1)),
+                            datetime.fromisoformat(moment) if moment else None)
+    if action == "add_late":
+        return sim.add_late(domain, args.get("resource", "case"), int(args.get("n", 1)),
+                            timedelta(seconds=float(args.get("lag_seconds", 60))))
+    if action == "set_clock":
+        sim.set_clock(datetime.fromisoformat(args["clock"]))
+        return sim.now().isoformat()
+    if action == "clear_requests":
+        sim.clear_requests()
+        return None
+    raise ValueError(f"unknown action {action!r}")

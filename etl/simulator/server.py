@@ -1,0 +1,331 @@
+"""The HTTP side: a threaded HTTP/1.1 keep-alive server, fault application, the request log,
+and `HQSimulator`, the object tests and the CLI drive."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterable, Mapping
+from urllib.parse import urlsplit
+
+from etl.simulator import api, control
+from etl.simulator.dataset import Dataset
+from etl.simulator.faults import FaultQueue
+from etl.simulator.store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_USERS = {"etl@example.org": ("secret-key", None)}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+            404: "Not Found", 405: "Method Not Allowed", 429: "Too Many Requests",
+            500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+            504: "Gateway Timeout"}
+
+
+@dataclass(frozen=True)
+class RequestLog:
+    """One request the simulator answered (control-API calls are not logged)."""
+
+    method: str
+    path: str
+    query: str
+    status: int
+    fault: str | None = None  # the injected fault, if any
+    resource: str | None = None  # "case", "form", "case_v2", "application" or None
+    domain: str | None = None
+    user: str | None = None
+    bytes: int = 0  # body bytes sent
+    seconds: float = 0.0
+    at: float = 0.0  # time.time() when it arrived
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], sim: "HQSimulator"):
+        self.sim = sim
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive; every response has a Content-Length
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in one write, but keep Nagle from ever holding a reply.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.sim._connections.add(self.connection)
+
+    def finish(self) -> None:
+        self.server.sim._connections.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_HEAD(self) -> None:
+        self._serve("HEAD")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_PATCH(self) -> None:
+        self._serve("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def _serve(self, method: str) -> None:
+        sim = self.server.sim
+        arrived, started = time.time(), time.perf_counter()
+        split = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        if split.path.startswith("/_sim/"):
+            self._send(control.handle(sim, method, split.path, body, self.client_address[0]),
+                       method)
+            return
+        r = api.route(split.path)
+        fault = sim.faults.take(r.resource if r else None)
+        kind = fault.kind if fault else None
+        user = None
+        if kind == "slow":
+            time.sleep(fault.delay)
+        if kind in ("429", "500", "502", "503", "504", "html", "401", "403"):
+            response = api.fault_response(kind, fault.retry_after)
+        elif r is None:
+            response = api.empty(404)
+        else:
+            request = api.Request(method, split.path, split.query,
+                                  self.headers.get("Authorization"),
+                                  self.headers.get("Host") or sim.netloc, body)
+            try:
+                response, user = api.handle(sim.store, sim.users, request, r)
+            except Exception:  # a simulator bug: answer like HQ would, and say why in the log
+                log.error("simulator error on %s %s\n%s", method, self.path, traceback.format_exc())
+                response = api.Response(500, b'{"error": "simulator error"}')
+        payload = self._payload(response, method, kind)
+        # Logged before the reply leaves, so a client that has its answer also sees the entry.
+        sim._log(RequestLog(method, split.path, split.query, response.status, kind,
+                            r.resource if r else None, r.domain if r else None, user,
+                            len(payload), time.perf_counter() - started, arrived))
+        self._send(response, method, kind, payload)
+
+    @staticmethod
+    def _payload(response: api.Response, method: str, fault: str | None) -> bytes:
+        """The body bytes that will actually be sent."""
+        if method == "HEAD":
+            return b""
+        body = response.body
+        if fault == "truncated":  # a 200 whose JSON stops halfway, honestly labelled
+            return body[:max(1, len(body) // 2)]
+        if fault == "reset":  # headers promise the whole body; a third arrives, then a reset
+            return body[:max(1, len(body) // 3)]
+        return body
+
+    def _send(self, response: api.Response, method: str, fault: str | None = None,
+              payload: bytes | None = None) -> None:
+        if payload is None:
+            payload = self._payload(response, method, fault)
+        length = len(payload) if fault == "truncated" else len(response.body)
+        lines = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}",
+                 "Server: nginx", f"Date: {self.date_time_string()}",
+                 f"Content-Type: {response.content_type}", f"Content-Length: {length}",
+                 "Vary: Accept, Cookie"]
+        lines += [f"{k}: {v}" for k, v in response.headers]
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        try:
+            self.wfile.write(head + payload)
+            if fault == "reset":
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           struct.pack("ii", 1, 0))
+                self.close_connection = True
+                self.connection.close()
+        except OSError:  # the client gave up (timeout) or went away
+            self.close_connection = True
+
+
+class HQSimulator:
+    """A CommCare HQ look-alike on a real socket.
+
+        ds = Dataset.generate(domain="demo", seed=0, n_cases=300)
+        with HQSimulator(datasets=[ds], users={"me@example.org": ("key", None)}) as sim:
+            requests.get(f"{sim.base_url}/a/demo/api/v0.5/case/",
+                         headers={"Authorization": "ApiKey me@example.org:key"})
+    """
+
+    def __init__(self, datasets: Iterable[Dataset] = (),
+                 users: Mapping[str, tuple[str, Iterable[str] | None]] | None = None,
+                 host: str = "127.0.0.1", port: int = 0, seed: int = 0):
+        self.store = Store(datasets, seed=seed)
+        self.users = dict(DEFAULT_USERS if users is None else users)
+        self.faults = FaultQueue()
+        self.host, self.port = host, port
+        self._requests: list[RequestLog] = []
+        self._requests_lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> "HQSimulator":
+        """Bind and serve in a daemon thread."""
+        if self._server is None:
+            self._server = _Server((self.host, self.port), self)
+            self.port = self._server.server_address[1]
+            self._thread = threading.Thread(target=self._server.serve_forever,
+                                            kwargs={"poll_interval": 0.05},
+                                            name=f"hq-simulator:{self.port}", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and drop open keep-alive connections."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        for conn in list(self._connections):
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "HQSimulator":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def netloc(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the simulator is not started")
+        host = self.host if ":" not in self.host else f"[{self.host}]"
+        return f"{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.netloc}"
+
+    @property
+    def default_domain(self) -> str:
+        return next(iter(self.store.domains))
+
+    # --- request log ---------------------------------------------------------------------------
+
+    def _log(self, entry: RequestLog) -> None:
+        with self._requests_lock:
+            self._requests.append(entry)
+
+    @property
+    def requests(self) -> list[RequestLog]:
+        """Every API request answered, oldest first (a copy)."""
+        with self._requests_lock:
+            return list(self._requests)
+
+    def clear_requests(self) -> None:
+        with self._requests_lock:
+            self._requests.clear()
+
+    # --- changes between syncs -----------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The simulator's clock (aware UTC): the next write is indexed a few ms after it."""
+        return self.store.now()
+
+    def set_clock(self, moment: datetime) -> None:
+        self.store.set_clock(moment)
+
+    def add_cases(self, domain: str, n: int, case_type: str = "patient") -> list[str]:
+        """`n` new cases of `case_type`, each with its registration form."""
+        return self.store.add_cases(domain, n, case_type)
+
+    def update_cases(self, domain: str, case_ids: Iterable[str],
+                     properties: dict | None = None) -> None:
+        """A follow-up form per case setting `properties` (default: a routine visit's)."""
+        self.store.update_cases(domain, list(case_ids), properties)
+
+    def close_cases(self, domain: str, case_ids: Iterable[str]) -> None:
+        self.store.update_cases(domain, list(case_ids), None, close=True)
+
+    def add_forms(self, domain: str, n: int) -> list[str]:
+        return self.store.add_forms(domain, n)
+
+    def archive_forms(self, domain: str, form_ids: Iterable[str]) -> None:
+        self.store.set_archived(domain, list(form_ids), True)
+
+    def unarchive_forms(self, domain: str, form_ids: Iterable[str]) -> None:
+        self.store.set_archived(domain, list(form_ids), False)
+
+    def delete_cases(self, domain: str, case_ids: Iterable[str]) -> None:
+        self.store.delete(domain, "case", case_ids)
+
+    def delete_forms(self, domain: str, form_ids: Iterable[str]) -> None:
+        self.store.delete(domain, "form", form_ids)
+
+    def add_ties(self, domain: str, resource: str, n: int,
+                 indexed_on: datetime | None = None) -> list[str]:
+        """`n` new docs ("case" or "form") sharing one `indexed_on` (default: now)."""
+        return self.store.add_ties(domain, resource, n, indexed_on)
+
+    def add_late(self, domain: str, resource: str, n: int, lag: timedelta) -> list[str]:
+        """`n` new docs indexed `lag` before the newest existing one."""
+        return self.store.add_late(domain, resource, n, lag)
+
+    def add_raw(self, domain: str, resource: str, doc: object, record_id: str) -> str:
+        """Serve `doc` exactly as given (a malformed record, say) in the list and detail of
+        `resource`, placed by its `indexed_on` (or now)."""
+        return self.store.add_raw(domain, resource, doc, record_id)
+
+    def snapshot(self, domain: str, resource: str) -> dict[str, dict]:
+        """id -> the record as `/api/v0.5/<resource>/` serves it now (archived forms included)."""
+        return self.store.snapshot(domain, resource)
+
+    def stats(self) -> dict:
+        return {"domains": self.store.stats(), "clock": self.now().isoformat(),
+                "requests": len(self._requests), "faults_pending": len(self.faults.pending())}
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, domain: str = "demo", n_cases: int = 300,
+          seed: int = 0, username: str = "demo@example.org", api_key: str = "demo-key",
+          awkward: bool = False) -> None:
+    """Run a simulator in the foreground until Ctrl-C."""
+    dataset = Dataset.generate(domain=domain, seed=seed, n_cases=n_cases, awkward=awkward)
+    sim = HQSimulator([dataset], users={username: (api_key, None)}, host=host, port=port)
+    sim.start()
+    log.info("HQ simulator: %s/a/%s/api/v0.5/case/ (%d cases, %d forms); "
+             "Authorization: ApiKey %s:%s; control API at %s/_sim/stats",
+             sim.base_url, domain, len(dataset.cases), len(dataset.forms), username, api_key,
+             sim.base_url)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
