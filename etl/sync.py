@@ -303,9 +303,7 @@ def run_backfill(settings: Settings, warehouse: Warehouse, stream_name: str, dom
             wanted["until"] = progress["until"]
             log.info("backfill %s [%s]: resuming the unfinished backfill of this window",
                      stream_name, domain)
-            resumed = Window.from_cursor(progress)
-            resumed.end = parse_hq_datetime(progress["until"])
-            return resumed
+            return Window.from_cursor(progress, end=parse_hq_datetime(progress["until"]))
         return Window(start=since, end=parse_hq_datetime(wanted["until"]))
 
     client = make_client(settings)

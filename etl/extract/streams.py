@@ -148,8 +148,8 @@ class IndexedOnStream(Stream):
         upper = moment + _REST_OF_MS
         if end is not None and end < upper:
             upper = end
-        log.info("%s: %s records share indexed_on %s; reading them by offset",
-                 self.name, "many", format_iso(moment))
+        log.info("%s: a full page of records shares indexed_on %s; reading that millisecond "
+                 "by offset", self.name, format_iso(moment))
         while True:
             objects, meta, doc = self._fetch(self._params(moment, upper, offset))
             offset += len(objects)

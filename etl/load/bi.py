@@ -319,10 +319,9 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
     for form_id, row in rows.items():
         by_xmlns[row[2] or "(no xmlns)"].append(row)
     for xmlns, form_rows in by_xmlns.items():
-        known_repeats = {source.split("#", 1)[1] for (kind, source) in catalog.tables
-                         if kind == "repeat" and source.startswith(xmlns + "#")}
-        known_repeats |= {path for (x, path), (_, qtype) in catalog.labels.items()
-                          if x == xmlns and qtype == "Repeat"}
+        catalogued = _catalogued_repeats(catalog, xmlns)
+        known_repeats = catalogued | {path for (x, path), (_, qtype) in catalog.labels.items()
+                                      if x == xmlns and qtype == "Repeat"}
         flats = {}
         for row in form_rows:
             record = batch.sources[row[1]]
@@ -334,8 +333,9 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
         name = (catalog.form_names.get(xmlns) or form_rows[0][3]
                 or xmlns.rstrip("/").rsplit("/", 1)[-1])
         info = catalog.table("form", xmlns, readable_as=name, prefix="form_", label=name)
-        _load_form_rows(catalog, info, xmlns, domain, form_rows, flats)
-        _load_repeat_rows(catalog, info, xmlns, domain, flats, won_ids_for(form_rows))
+        form_ids = [row[1] for row in form_rows]
+        _load_form_rows(catalog, info, xmlns, domain, form_rows, form_ids, flats)
+        _load_repeat_rows(catalog, info, xmlns, domain, flats, form_ids)
     if actions:
         with catalog.conn.cursor().copy(sql.SQL(
                 "copy {}.form_case_actions (domain, form_id, block, action, case_id, case_type, "
@@ -344,12 +344,14 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
                 copy.write_row(action_row)
 
 
-def won_ids_for(form_rows: list[tuple]) -> list[str]:
-    return [r[1] for r in form_rows]
+def _catalogued_repeats(catalog: Catalog, xmlns: str) -> set[str]:
+    """The repeat paths of this form that already have a table."""
+    return {source.split("#", 1)[1] for (kind, source) in catalog.tables
+            if kind == "repeat" and source.startswith(xmlns + "#")}
 
 
 def _load_form_rows(catalog: Catalog, info: TableInfo, xmlns: str, domain: str,
-                    form_rows: list[tuple], flats: dict) -> None:
+                    form_rows: list[tuple], form_ids: list[str], flats: dict) -> None:
     paths: dict[str, None] = {}
     for flat in flats.values():
         paths.update(dict.fromkeys(flat.root.values))
@@ -359,7 +361,7 @@ def _load_form_rows(catalog: Catalog, info: TableInfo, xmlns: str, domain: str,
     columns = [c for c, _ in FORM_FIXED] + [c for _, c in dynamic]
     out = [row[:14] + tuple(flats[row[1]].root.values.get(p) for p, _ in dynamic)
            for row in form_rows]
-    _replace_rows(catalog, info, domain, won_ids_for(form_rows), columns, out, "form_id")
+    _replace_rows(catalog, info, domain, form_ids, columns, out, "form_id")
 
 
 def _load_repeat_rows(catalog: Catalog, form_info: TableInfo, xmlns: str, domain: str,
@@ -368,8 +370,9 @@ def _load_repeat_rows(catalog: Catalog, form_info: TableInfo, xmlns: str, domain
     for form_id, flat in flats.items():
         for path, items in flat.repeats.items():
             items_by_path[path].extend((form_id, item) for item in items)
-    all_paths = set(items_by_path) | {source.split("#", 1)[1] for (kind, source) in catalog.tables
-                                      if kind == "repeat" and source.startswith(xmlns + "#")}
+    # Every repeat table of the form, seen on this page or not (a form that now has no items
+    # must lose its old rows there too). Read afresh: adding columns may have reloaded the catalog.
+    all_paths = set(items_by_path) | _catalogued_repeats(catalog, xmlns)
     for path in sorted(all_paths, key=len):  # parents before children
         parent_path = _repeat_parent(path, all_paths)
         parent = (catalog.tables[("repeat", f"{xmlns}#{parent_path}")].name if parent_path
