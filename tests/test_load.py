@@ -95,3 +95,27 @@ def test_forms_keep_every_field_and_archived_flips_both_ways(db, schema):
     assert row == ("http://x/y", "Visit", "u1", "jane", True, "1", True, 300.5)
     load(db, schema, [dict(form, archived=False, indexed_on="2024-05-03T00:00:00Z")], stream="forms")
     assert db.execute(f'select archived from "{schema}".forms').fetchone() == (False,)
+
+
+def test_a_retried_page_recreates_what_its_rolled_back_attempt_created(db, schema, monkeypatch):
+    """A deadlock on the first page rolls back the staging tables it created; the retry works."""
+    import psycopg
+
+    loader = Loader(db, schema)
+    original = loader._upsert_main
+    calls = []
+
+    def deadlock_once(spec, rows):
+        result = original(spec, rows)  # creates the staging tables inside the transaction
+        if not calls:
+            calls.append(1)
+            raise psycopg.errors.DeadlockDetected("simulated deadlock")
+        return result
+
+    monkeypatch.setattr(loader, "_upsert_main", deadlock_once)
+    batch = transform_page([case("a", "2024-05-01T00:00:00Z")], "demo", transform_case, False,
+                           "case_id")
+    result = loader.load_page(stream="cases", domain="demo", batch=batch,
+                              cursor={"indexed_on": "x"}, run_id=None)
+    assert calls == [1] and result.inserted == 1
+    assert state.load_checkpoint(db, schema, "demo", "cases") == {"indexed_on": "x"}

@@ -160,6 +160,9 @@ class Loader:
                     raise
                 time.sleep(0.05 * attempt)
             finally:
+                if not committed:
+                    # A staging table first created in the rolled-back transaction is gone.
+                    self._staged.clear()
                 if self._catalog is not None:
                     self._catalog.end_transaction(committed)
         raise AssertionError("unreachable")
