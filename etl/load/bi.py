@@ -57,6 +57,11 @@ TYPED_QUESTIONS = {"Int": "try_numeric", "Decimal": "try_numeric", "Double": "tr
                    "Long": "try_numeric", "Date": "try_date", "DateTime": "try_timestamptz"}
 
 
+def ddl_lock(conn: psycopg.Connection, schema: str) -> None:
+    """Hold, until the transaction ends, the lock every schema change in `schema` takes."""
+    conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"commcare-etl:ddl:{schema}",))
+
+
 @dataclass
 class TableInfo:
     name: str
@@ -109,8 +114,7 @@ class Catalog:
     def lock(self) -> None:
         """Serialise schema changes across processes, then re-read what others added."""
         if not self.locked:
-            self.conn.execute("select pg_advisory_xact_lock(hashtext(%s))",
-                              (f"commcare-etl:ddl:{self.schema}",))
+            ddl_lock(self.conn, self.schema)
             self.locked = True
             self.load()
 
@@ -206,17 +210,32 @@ def _won_ids(conn: psycopg.Connection, table: str) -> set[str]:
         sql.Identifier(f"_won_{table}")))}
 
 
-def _replace_rows(catalog: Catalog, info: TableInfo, domain: str, ids: list[str],
-                  columns: list[str], rows: list[tuple], id_column: str) -> None:
+@dataclass
+class _Write:
+    """Rows to put in a table in place of what it holds for `ids`."""
+
+    table: str
+    ids: list[str]
+    columns: list[str]
+    rows: list[tuple]
+    id_column: str
+
+
+def _apply(catalog: Catalog, domain: str, writes: list[_Write]) -> None:
+    """Write only once every table and column the page needs exists. A transaction then never
+    holds row locks on a BI table while it waits for the DDL lock, and the holder of that lock
+    never waits to ALTER a table such a transaction has written: no deadlock between runs."""
     conn = catalog.conn
-    conn.execute(sql.SQL("delete from {} where domain = %s and {} = any(%s)").format(
-        catalog.t(info.name), sql.Identifier(id_column)), (domain, ids))
-    if not rows:
-        return
-    with conn.cursor().copy(sql.SQL("copy {} ({}) from stdin").format(
-            catalog.t(info.name), sql.SQL(", ").join(map(sql.Identifier, columns)))) as copy:
-        for row in rows:
-            copy.write_row(row)
+    for write in writes:
+        conn.execute(sql.SQL("delete from {} where domain = %s and {} = any(%s)").format(
+            catalog.t(write.table), sql.Identifier(write.id_column)), (domain, write.ids))
+        if not write.rows:
+            continue
+        with conn.cursor().copy(sql.SQL("copy {} ({}) from stdin").format(
+                catalog.t(write.table),
+                sql.SQL(", ").join(map(sql.Identifier, write.columns)))) as copy:
+            for row in write.rows:
+                copy.write_row(row)
 
 
 def _newest(rows: list[tuple], id_index: int, version_index: int) -> dict[str, tuple]:
@@ -256,10 +275,11 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
     won = _won_ids(catalog.conn, "cases")
     if not won:
         return
+    writes = []
     for case_id, old_type in old_types.items():
         info = catalog.tables.get(("case_type", old_type))
         if case_id in won and info:
-            _replace_rows(catalog, info, domain, [case_id], [], [], "case_id")
+            writes.append(_Write(info.name, [case_id], [], [], "case_id"))
     rows = _newest([r for r in batch.rows.get("cases", []) if r[1] in won], 1, 15)
     indices: dict[str, dict[str, str | None]] = defaultdict(dict)
     for row in batch.rows.get("case_indices", []):
@@ -291,7 +311,8 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
             out.append(row[:16] + (row[17],)
                        + tuple(_text(properties.get(p)) for p, _ in dynamic)
                        + tuple(case_links.get(i) for i, _ in links))
-        _replace_rows(catalog, info, domain, [r[1] for r in type_rows], columns, out, "case_id")
+        writes.append(_Write(info.name, [r[1] for r in type_rows], columns, out, "case_id"))
+    _apply(catalog, domain, writes)
 
 
 # --- forms ---------------------------------------------------------------------------------
@@ -315,6 +336,7 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
         "delete from {}.form_case_actions where domain = %s and form_id = any(%s)").format(
         sql.Identifier(schema)), (domain, won_ids))
     actions = []
+    writes: list[_Write] = []
     by_xmlns: dict[str, list[tuple]] = defaultdict(list)
     for form_id, row in rows.items():
         by_xmlns[row[2] or "(no xmlns)"].append(row)
@@ -334,8 +356,9 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
                 or xmlns.rstrip("/").rsplit("/", 1)[-1])
         info = catalog.table("form", xmlns, readable_as=name, prefix="form_", label=name)
         form_ids = [row[1] for row in form_rows]
-        _load_form_rows(catalog, info, xmlns, domain, form_rows, form_ids, flats)
-        _load_repeat_rows(catalog, info, xmlns, domain, flats, form_ids)
+        writes.append(_form_rows(catalog, info, xmlns, form_rows, form_ids, flats))
+        writes += _repeat_rows(catalog, info, xmlns, domain, flats, form_ids)
+    _apply(catalog, domain, writes)
     if actions:
         with catalog.conn.cursor().copy(sql.SQL(
                 "copy {}.form_case_actions (domain, form_id, block, action, case_id, case_type, "
@@ -350,8 +373,8 @@ def _catalogued_repeats(catalog: Catalog, xmlns: str) -> set[str]:
             if kind == "repeat" and source.startswith(xmlns + "#")}
 
 
-def _load_form_rows(catalog: Catalog, info: TableInfo, xmlns: str, domain: str,
-                    form_rows: list[tuple], form_ids: list[str], flats: dict) -> None:
+def _form_rows(catalog: Catalog, info: TableInfo, xmlns: str, form_rows: list[tuple],
+               form_ids: list[str], flats: dict) -> _Write:
     paths: dict[str, None] = {}
     for flat in flats.values():
         paths.update(dict.fromkeys(flat.root.values))
@@ -361,11 +384,12 @@ def _load_form_rows(catalog: Catalog, info: TableInfo, xmlns: str, domain: str,
     columns = [c for c, _ in FORM_FIXED] + [c for _, c in dynamic]
     out = [row[:14] + tuple(flats[row[1]].root.values.get(p) for p, _ in dynamic)
            for row in form_rows]
-    _replace_rows(catalog, info, domain, form_ids, columns, out, "form_id")
+    return _Write(info.name, form_ids, columns, out, "form_id")
 
 
-def _load_repeat_rows(catalog: Catalog, form_info: TableInfo, xmlns: str, domain: str,
-                      flats: dict, form_ids: list[str]) -> None:
+def _repeat_rows(catalog: Catalog, form_info: TableInfo, xmlns: str, domain: str,
+                 flats: dict, form_ids: list[str]) -> list[_Write]:
+    writes = []
     items_by_path: dict[str, list[tuple[str, Item]]] = defaultdict(list)
     for form_id, flat in flats.items():
         for path, items in flat.repeats.items():
@@ -392,7 +416,8 @@ def _load_repeat_rows(catalog: Catalog, form_info: TableInfo, xmlns: str, domain
         columns = [c for c, _ in REPEAT_FIXED] + [c for _, c in dynamic]
         out = [(domain, form_id, item.key, item.parent_key, item.position)
                + tuple(item.values.get(p) for p, _ in dynamic) for form_id, item in entries]
-        _replace_rows(catalog, info, domain, form_ids, columns, out, "form_id")
+        writes.append(_Write(info.name, form_ids, columns, out, "form_id"))
+    return writes
 
 
 # --- typed views and labels -----------------------------------------------------------------
@@ -421,6 +446,7 @@ def refresh_typed_views(conn: psycopg.Connection, schema: str) -> dict[str, int]
             else sql.Identifier(c) for c in columns)
         view = identifier(f"{table}_typed")
         with conn.transaction():
+            ddl_lock(conn, schema)  # another run may be refreshing the same view
             conn.execute(sql.SQL("drop view if exists {}.{}").format(s, sql.Identifier(view)))
             conn.execute(sql.SQL("create view {}.{} as select {} from {}.{}").format(
                 s, sql.Identifier(view), select, s, sql.Identifier(table)))
