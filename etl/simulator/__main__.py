@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from etl.simulator.server import serve
+from etl.simulator.server import DEFAULT_REPLICAS, serve
 
 
 def main() -> None:
@@ -19,10 +19,16 @@ def main() -> None:
     parser.add_argument("--api-key", default="demo-key")
     parser.add_argument("--awkward", action="store_true",
                         help="also NUL characters, a lone surrogate and stray top-level fields")
+    parser.add_argument("--replicas", type=int, default=DEFAULT_REPLICAS,
+                        help="search index copies answering v0.5 lists, each ordering ties "
+                             "its own way (default 3)")
+    parser.add_argument("--rate-limit", action="store_true",
+                        help="HQ's per-project API rate limit (429s)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     serve(host=args.host, port=args.port, domain=args.domain, n_cases=args.cases,
-          seed=args.seed, username=args.username, api_key=args.api_key, awkward=args.awkward)
+          seed=args.seed, username=args.username, api_key=args.api_key, awkward=args.awkward,
+          replicas=args.replicas, rate_limit=args.rate_limit)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ List bodies are assembled from each record's pre-serialized bytes, never re-enco
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -14,10 +15,12 @@ from typing import Callable
 from urllib.parse import parse_qsl, urlencode
 
 from etl.simulator import auth
+from etl.simulator.faults import THROTTLED_MESSAGE
 from etl.simulator.hqtime import fmt_us
 from etl.simulator.query import (
     BadRequest, next_cursor, page_uri, paging, parse_v05, parse_v2, run_v05, run_v2,
 )
+from etl.simulator.ratelimit import RateLimiter
 from etl.simulator.records import Record
 from etl.simulator.store import Domain, Store
 
@@ -57,6 +60,7 @@ class Response:
     body: bytes = b""
     content_type: str = JSON
     headers: list[tuple[str, str]] = field(default_factory=list)
+    replica: int | None = None  # the index copy that answered a v0.5 list (for the request log)
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,8 @@ def unauthorized() -> Response:
     return empty(401, **{"WWW-Authenticate": challenge})
 
 
-def handle(store: Store, users: auth.Users, request: Request,
-           r: Route) -> tuple[Response, str | None]:
+def handle(store: Store, users: auth.Users, request: Request, r: Route,
+           limiter: RateLimiter | None = None) -> tuple[Response, str | None]:
     """Answer one API request: (response, authenticated username)."""
     pairs = request.pairs
     user = auth.authenticate(users, request.authorization, pairs,
@@ -111,11 +115,28 @@ def handle(store: Store, users: auth.Users, request: Request,
     domain = store.domains.get(r.domain)
     if domain is None:
         return empty(404), user
+    if limiter is not None:
+        throttled = _throttle(limiter, domain, r)
+        if throttled is not None:
+            return throttled, user
     handler = _HANDLERS[r.resource]
     try:
         return handler(store, domain, request, r, pairs), user
     except BadRequest as exc:
         return error(400, str(exc)), user
+
+
+def _throttle(limiter: RateLimiter, domain: Domain, r: Route) -> Response | None:
+    """HQ checks its per-project rate limit after authentication and permissions: tastypie
+    resources answer tastypie's bare 429 (no Retry-After: `HQThrottle.should_be_throttled`
+    returns a bool), the Case API v2 views `api_throttle`'s 429 with Retry-After."""
+    wait = limiter.acquire(domain.name, len(domain.users))
+    if wait is None:
+        return None
+    seconds = str(max(1, math.ceil(wait)))
+    if r.resource == "case_v2" or limiter.retry_after_on_v05:
+        return empty(429, **{"Retry-After": seconds})
+    return empty(429)
 
 
 # --- v0.5 cases and forms ---------------------------------------------------------------------
@@ -138,14 +159,17 @@ def _v05(store: Store, domain: Domain, request: Request, r: Route,
         return Response(200, record.body(prefix))
     query = parse_v05(r.resource, pairs)
     with store.lock:
-        total, page = run_v05(coll, query)
+        replica = store.draw_replica()
+        total, page = run_v05(coll, query, store.replica_salt(replica))
+        store.after_v05_list(r.domain, r.resource, page)  # may re-index some of `page`
     limit, offset = query.limit, query.offset
     next_uri = (None if offset + limit >= total
                 else page_uri(r.list_uri, pairs, limit, offset + limit))
     previous = None if offset - limit < 0 else page_uri(r.list_uri, pairs, limit, offset - limit)
     head = (f'{{"meta": {{"limit": {limit}, "next": {json.dumps(next_uri)}, "offset": {offset}, '
             f'"previous": {json.dumps(previous)}, "total_count": {total}}}, "objects": [')
-    return Response(200, _join(head.encode(), page, lambda rec: rec.parts(prefix), b"]}"))
+    return Response(200, _join(head.encode(), page, lambda rec: rec.parts(prefix), b"]}"),
+                    replica=replica)
 
 
 def _join(head: bytes, records: list[Record], parts: Callable[[Record], tuple[bytes, ...]],
@@ -241,7 +265,7 @@ def _case_v2(store: Store, domain: Domain, request: Request, r: Route,
         return _bulk_body([(i, rec) for i, rec in zip(ids, records)], [])
     query = parse_v2(pairs)
     with store.lock:
-        total, page = run_v2(coll, query)
+        total, page = run_v2(coll, query, domain.deprecated_types)
         bodies = [rec.v2_body() for rec in page]
     next_url = None
     if page and len(page) == query.limit:
@@ -317,6 +341,16 @@ def fault_response(kind: str, retry_after: int | None) -> Response:
         return empty(429, **headers)
     if kind == "401":
         return unauthorized()
+    if kind == "401-throttled":
+        # HqBaseResource.dispatch under the API_BLACKLIST toggle: a rate limit served as a 401,
+        # JSON (Django's HttpResponse with content_type="application/json", no charset) and no
+        # challenge, so a client that retries 401s with fresh credentials learns nothing.
+        return Response(401, json.dumps({"error": THROTTLED_MESSAGE}).encode(),
+                        "application/json")
+    if kind == "202":
+        # "Accepted, not ready yet": what HQ's asynchronous answers look like (async restore,
+        # export and bulk jobs), served here to any request. No data, come back later.
+        return empty(202, **{"Retry-After": str(1 if retry_after is None else retry_after)})
     if kind == "403":
         return empty(403)
     if kind == "html":

@@ -6,8 +6,17 @@
     POST /_sim/mutate   {"action": "add_cases", "domain": "demo", "n": 5, "case_type": "patient"}
                         actions: add_cases, update_cases, close_cases, add_forms, archive_forms,
                         unarchive_forms, delete_cases, delete_forms, add_ties, add_late,
-                        set_clock, clear_requests
-    GET  /_sim/stats    record counts per domain, clock, requests served, faults pending
+                        touch_cases, set_clock, clear_requests, and HQ at its worst:
+                        {"action": "set_replicas", "n": 3, "seed": 1}
+                        {"action": "reindex_during_reads", "resource": "form",
+                         "after_requests": 2, "count": 1, "seed": 0}   (domain optional)
+                        {"action": "reindexed_ids"}
+                        {"action": "deprecate_case_type", "case_type": "contact",
+                         "deprecated": true}
+                        {"action": "set_rate_limit", "enabled": true, "users": 8, "scale": 1.0,
+                         "retry_after_on_v05": false}
+    GET  /_sim/stats    record counts per domain, clock, requests served, faults pending,
+                        replicas, re-indexed ids, rate limit settings
 """
 
 from __future__ import annotations
@@ -87,6 +96,26 @@ def _mutate(sim: "HQSimulator", payload: dict) -> Any:
     if action == "add_late":
         return sim.add_late(domain, args.get("resource", "case"), int(args.get("n", 1)),
                             timedelta(seconds=float(args.get("lag_seconds", 60))))
+    if action == "touch_cases":
+        return sim.touch_cases(domain, list(args["case_ids"]))
+    if action == "set_replicas":
+        sim.set_replicas(int(args["n"]), int(args.get("seed", 0)))
+        return sim.replicas
+    if action == "reindex_during_reads":
+        return sim.reindex_during_reads(args["resource"], int(args.get("after_requests", 1)),
+                                        int(args.get("count", 1)), payload.get("domain"),
+                                        int(args.get("seed", 0)))
+    if action == "reindexed_ids":
+        return sim.reindexed_ids
+    if action == "deprecate_case_type":
+        return sim.deprecate_case_type(domain, args["case_type"],
+                                       bool(args.get("deprecated", True)))
+    if action == "set_rate_limit":
+        users = args.get("users")
+        sim.set_rate_limit(bool(args.get("enabled", True)),
+                           None if users is None else int(users),
+                           float(args.get("scale", 1.0)), bool(args.get("retry_after_on_v05")))
+        return sim.rate_limiter.settings()
     if action == "set_clock":
         sim.set_clock(datetime.fromisoformat(args["clock"]))
         return sim.now().isoformat()

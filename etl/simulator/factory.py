@@ -192,7 +192,10 @@ class DocFactory:
               update: dict[str, Any], close: bool = False, indices: list[Index] = ()) -> None:
         """What HQ's case processing does to the case when the form's block is applied."""
         doc["properties"].update(update)
-        doc["date_modified"] = fmt_us(t_phone)
+        phone_time = fmt_us(t_phone)
+        # `modified_on` only moves forward (a phone whose clock lags does not set it back).
+        if doc["date_modified"] == "1900-01-01" or phone_time > doc["date_modified"]:
+            doc["date_modified"] = phone_time
         doc["server_date_modified"] = fmt_us(t_server)
         doc["user_id"] = user.id
         doc["xform_ids"].append(form_id)

@@ -7,8 +7,16 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("429", "500", "502", "503", "504", "reset", "truncated", "html", "slow", "401", "403")
+KINDS = ("429", "500", "502", "503", "504", "reset", "truncated", "html", "slow", "401", "403",
+         "401-throttled", "202")
+# Kinds answered with a canned response instead of the real one (api.fault_response).
+CANNED = frozenset({"429", "500", "502", "503", "504", "html", "401", "403", "401-throttled",
+                    "202"})
 RESOURCES = (None, "case", "form", "case_v2", "application", "user", "group")
+# HqBaseResource.dispatch's answer while the API_BLACKLIST toggle is on for the request
+# (corehq/apps/api/resources/__init__.py; two spaces between the sentences, as in HQ).
+THROTTLED_MESSAGE = ("API access has been temporarily cut off due to too many requests.  "
+                     "To re-enable, please contact support.")
 
 
 @dataclass
@@ -42,9 +50,15 @@ class FaultQueue:
     def add(self, kind: str, count: int = 1, resource: str | None = None, **options: Any) -> None:
         """Queue `count` faults of `kind` for requests to `resource` (None: any request).
 
-        Options: `retry_after` (429: seconds for the Retry-After header, None for no header),
-        `delay` (slow: seconds before answering), `after` (let that many matching requests
-        through first).
+        Kinds: "429" (empty, Retry-After if `retry_after`), "500"/"502"/"503"/"504" (HTML error
+        pages), "reset" (part of the body, then a TCP reset), "truncated" (a 200 cut short),
+        "html" (a 200 login page), "slow" (answers after `delay`), "401" (empty, with a digest
+        challenge), "403" (empty), "401-throttled" (the API_BLACKLIST toggle's JSON 401, no
+        challenge), "202" (empty, Retry-After `retry_after` or 1: "not ready, come back").
+
+        Options: `retry_after` (429/202: seconds for the Retry-After header; for 429 None
+        means no header), `delay` (slow: seconds before answering), `after` (let that many
+        matching requests through first).
         """
         kind = str(kind)
         if kind not in KINDS:

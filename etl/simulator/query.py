@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode
 
+from etl.simulator import replicas
 from etl.simulator.hqtime import parse_v05_bound, parse_v2_bound
 from etl.simulator.records import Record
 from etl.simulator.store import SORT_FIELDS, Collection, Sort
@@ -218,8 +219,10 @@ def paging(last: dict[str, str], max_limit: int) -> tuple[int, int]:
     return limit, offset
 
 
-def run_v05(coll: Collection, query: V05Query) -> tuple[int, list[Record]]:
-    """(total_count, the page)."""
+def run_v05(coll: Collection, query: V05Query,
+            replica: bytes | None = None) -> tuple[int, list[Record]]:
+    """(total_count, the page) as the index copy `replica` (a salt; None: the only copy)
+    serves it: the same documents and count on every copy, ties in its own order."""
     view = coll.view(query.sort)
     lo, hi = 0, len(view)
     if query.ix_range is not None:
@@ -232,6 +235,10 @@ def run_v05(coll: Collection, query: V05Query) -> tuple[int, list[Record]]:
             hi = bisect.bisect_right(view, high, key=lambda r: r.ix)
     start = lo + query.offset
     if not query.preds:
+        if replica is not None:
+            return max(0, hi - lo), replicas.window(
+                view, lo, hi, query.offset, query.limit, coll.sort_key(query.sort), replica,
+                coll.tie_cache(query.sort))
         return max(0, hi - lo), view[start:min(hi, start + query.limit)]
     preds = query.preds
     if len(preds) == 1:
@@ -239,6 +246,9 @@ def run_v05(coll: Collection, query: V05Query) -> tuple[int, list[Record]]:
         matched = [r for r in view[lo:hi] if pred(r)]
     else:
         matched = [r for r in view[lo:hi] if all(p(r) for p in preds)]
+    if replica is not None:
+        return len(matched), replicas.window(matched, 0, len(matched), query.offset,
+                                             query.limit, coll.sort_key(query.sort), replica)
     return len(matched), matched[query.offset:query.offset + query.limit]
 
 
@@ -264,6 +274,7 @@ V2_DATES = {"last_modified": lambda r: r.keys[1], "server_last_modified": lambda
 FALSE_STRINGS = ("false", "f", "no", "n", "off", "0")
 INDEXED_AFTER = "indexed_on.gte"
 LAST_CASE_ID = "last_case_id"
+INCLUDE_DEPRECATED = "include_deprecated"
 
 
 @dataclass
@@ -274,6 +285,7 @@ class V2Query:
     ix_high: int | None
     after: tuple[int, str] | None  # keyset position (indexed_on ms, case_id) from a cursor
     carry: list[tuple[str, str]]  # parameters the next cursor repeats
+    exclude_deprecated: bool = False  # include_deprecated given, and only with false values
 
 
 def _v2_props(r: Record) -> dict:
@@ -288,8 +300,6 @@ def _v2_filter(key: str, value: str) -> tuple[Pred, tuple[str, int] | None]:
     if key == "closed":
         wanted = not (value == "" or value.lower() in FALSE_STRINGS)
         return (lambda r: r.terms[4] == wanted), None
-    if key == "include_deprecated":
-        return (lambda r: True), None
     if key == "query":
         raise BadRequest("Bad query: case search expressions are not supported by the simulator")
     prefix, _, qualifier = key.partition(".")
@@ -351,8 +361,15 @@ def parse_v2(pairs: list[tuple[str, str]]) -> V2Query:
         raise BadRequest(f"'{raw_limit}' is not a valid value for 'limit'")
     preds: list[Pred] = []
     ix_low = ix_high = None
+    exclude_deprecated = False
     for key, values in grouped.items():
         if key == "limit":
+            continue
+        if key == INCLUDE_DEPRECATED:
+            # HQ's `_include_deprecated_filter`, OR-ed over repeated values: a true value
+            # matches all, a false one (or "") excludes the deprecated types. No parameter at
+            # all: no filter, deprecated types included.
+            exclude_deprecated = not any(_to_boolean(v) for v in values)
             continue
         compiled = [_v2_filter(key, v) for v in values]
         if len(compiled) == 1:
@@ -372,11 +389,18 @@ def parse_v2(pairs: list[tuple[str, str]]) -> V2Query:
             alternatives = [p for p, _ in compiled]
             preds.append(lambda r, alts=alternatives: any(p(r) for p in alts))
     carry = [(k, v) for k, v in pairs if k != INDEXED_AFTER]
-    return V2Query(limit, preds, ix_low, ix_high, after, carry)
+    return V2Query(limit, preds, ix_low, ix_high, after, carry, exclude_deprecated)
 
 
-def run_v2(coll: Collection, query: V2Query) -> tuple[int, list[Record]]:
-    """(matching_records, the page) in (indexed_on, case_id) order."""
+def _to_boolean(value: str) -> bool:
+    """HQ's `_to_boolean` (hqcase/api/get_list.py)."""
+    return not (value == "" or value.lower() in FALSE_STRINGS)
+
+
+def run_v2(coll: Collection, query: V2Query,
+           deprecated: frozenset[str] | set[str] = frozenset()) -> tuple[int, list[Record]]:
+    """(matching_records, the page) in (indexed_on, case_id) order. `deprecated`: the
+    project's deprecated case types (an exact match on the type, as HQ's `type.exact`)."""
     view = coll.v2_view()
     lo = 0 if query.ix_low is None else bisect.bisect_left(view, query.ix_low, key=lambda r: r.ix)
     hi = len(view) if query.ix_high is None else bisect.bisect_right(
@@ -385,6 +409,9 @@ def run_v2(coll: Collection, query: V2Query) -> tuple[int, list[Record]]:
     if query.after is not None:
         start = max(lo, bisect.bisect_right(view, query.after, key=lambda r: (r.ix, r.id)))
     preds = query.preds
+    if query.exclude_deprecated and deprecated:
+        hidden = frozenset(deprecated)
+        preds = preds + [lambda r: r.terms[0] not in hidden]
     if not preds:
         total = max(0, hi - lo)
         page = view[start:min(hi, start + query.limit)] if query.limit else []

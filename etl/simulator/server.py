@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import sys
 import threading
 import time
 import traceback
@@ -17,13 +18,17 @@ from urllib.parse import urlsplit
 
 from etl.simulator import api, control
 from etl.simulator.dataset import Dataset
-from etl.simulator.faults import FaultQueue
+from etl.simulator.faults import CANNED, FaultQueue
+from etl.simulator.ratelimit import RateLimiter
 from etl.simulator.store import Store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_USERS = {"etl@example.org": ("secret-key", None)}
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+# HQ's Elasticsearch keeps a primary and replicas of each shard and answers from any of them:
+# three copies that order ties differently is HQ at its worst plausible, so that is the default.
+DEFAULT_REPLICAS = 3
+_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             404: "Not Found", 405: "Method Not Allowed", 429: "Too Many Requests",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
             504: "Gateway Timeout"}
@@ -44,6 +49,7 @@ class RequestLog:
     bytes: int = 0  # body bytes sent
     seconds: float = 0.0
     at: float = 0.0  # time.time() when it arrived
+    replica: int | None = None  # v0.5 lists with replicas > 1: the index copy that answered
 
 
 class _Server(ThreadingHTTPServer):
@@ -54,6 +60,12 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], sim: "HQSimulator"):
         self.sim = sim
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that goes away mid-request (killed, timed out) is routine, not an error."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -110,7 +122,7 @@ class _Handler(BaseHTTPRequestHandler):
         user = None
         if kind == "slow":
             time.sleep(fault.delay)
-        if kind in ("429", "500", "502", "503", "504", "html", "401", "403"):
+        if kind in CANNED:
             response = api.fault_response(kind, fault.retry_after)
         elif r is None:
             response = api.empty(404)
@@ -119,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
                                   self.headers.get("Authorization"),
                                   self.headers.get("Host") or sim.netloc, body)
             try:
-                response, user = api.handle(sim.store, sim.users, request, r)
+                response, user = api.handle(sim.store, sim.users, request, r, sim.rate_limiter)
             except Exception:  # a simulator bug: answer like HQ would, and say why in the log
                 log.error("simulator error on %s %s\n%s", method, self.path, traceback.format_exc())
                 response = api.Response(500, b'{"error": "simulator error"}')
@@ -127,7 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
         # Logged before the reply leaves, so a client that has its answer also sees the entry.
         sim._log(RequestLog(method, split.path, split.query, response.status, kind,
                             r.resource if r else None, r.domain if r else None, user,
-                            len(payload), time.perf_counter() - started, arrived))
+                            len(payload), time.perf_counter() - started, arrived,
+                            response.replica))
         self._send(response, method, kind, payload)
 
     @staticmethod
@@ -177,10 +190,15 @@ class HQSimulator:
 
     def __init__(self, datasets: Iterable[Dataset] = (),
                  users: Mapping[str, tuple[str, Iterable[str] | None]] | None = None,
-                 host: str = "127.0.0.1", port: int = 0, seed: int = 0):
-        self.store = Store(datasets, seed=seed)
+                 host: str = "127.0.0.1", port: int = 0, seed: int = 0, replicas: int = DEFAULT_REPLICAS,
+                 rate_limit: bool = False):
+        """`replicas`: copies of the search index answering v0.5 lists (ties ordered
+        differently on each; 1 keeps write order; default 3). `rate_limit`: HQ's per-project API rate
+        limit (see `set_rate_limit`)."""
+        self.store = Store(datasets, seed=seed, replicas=replicas)
         self.users = dict(DEFAULT_USERS if users is None else users)
         self.faults = FaultQueue()
+        self.rate_limiter = RateLimiter(enabled=rate_limit)
         self.host, self.port = host, port
         self._requests: list[RequestLog] = []
         self._requests_lock = threading.Lock()
@@ -298,6 +316,10 @@ class HQSimulator:
         """`n` new docs indexed `lag` before the newest existing one."""
         return self.store.add_late(domain, resource, n, lag)
 
+    def add_record(self, domain: str, resource: str, doc: dict) -> str:
+        """Serve a hand-made case or form like a generated one (filters and sorts apply)."""
+        return self.store.add_record(domain, resource, doc)
+
     def add_raw(self, domain: str, resource: str, doc: object, record_id: str) -> str:
         """Serve `doc` exactly as given (a malformed record, say) in the list and detail of
         `resource`, placed by its `indexed_on` (or now)."""
@@ -307,22 +329,63 @@ class HQSimulator:
         """id -> the record as `/api/v0.5/<resource>/` serves it now (archived forms included)."""
         return self.store.snapshot(domain, resource)
 
+    def touch_cases(self, domain: str, case_ids: Iterable[str]) -> None:
+        """Re-save cases without a form: fresh server_date_modified and indexed_on."""
+        self.store.touch_cases(domain, list(case_ids))
+
+    def deprecate_case_type(self, domain: str, case_type: str, deprecated: bool = True) -> None:
+        """Mark `case_type` deprecated in the data dictionary: Case API v2 lists leave its
+        cases out when asked with `include_deprecated=false` (v0.5 ignores it, as HQ does)."""
+        self.store.deprecate_case_type(domain, case_type, deprecated)
+
+    # --- HQ at its worst -----------------------------------------------------------------------
+
+    @property
+    def replicas(self) -> int:
+        return self.store.replicas
+
+    def set_replicas(self, n: int, seed: int = 0) -> None:
+        """Answer each v0.5 list from one of `n` index copies, drawn with a seeded rng."""
+        self.store.set_replicas(n, seed)
+
+    def reindex_during_reads(self, resource: str, after_requests: int = 1, count: int = 1,
+                             domain: str | None = None, seed: int = 0) -> None:
+        """After `after_requests` more v0.5 `resource` lists, re-index `count` records of the
+        last page (forms archived, cases touched); their ids go to `reindexed_ids`."""
+        self.store.reindex_during_reads(resource, after_requests, count, domain, seed)
+
+    @property
+    def reindexed_ids(self) -> list[str]:
+        with self.store.lock:
+            return list(self.store.reindexed_ids)
+
+    def set_rate_limit(self, enabled: bool = True, users: int | None = None, scale: float = 1.0,
+                       retry_after_on_v05: bool = False) -> None:
+        """HQ's per-project API rate limit (off by default): about 1/s + 0.22/s and
+        10/min + 3.04/min per active mobile worker; v0.5 answers 429 without Retry-After,
+        Case API v2 with it. Re-configuring refills the buckets."""
+        self.rate_limiter.configure(enabled, users, scale, retry_after_on_v05)
+
     def stats(self) -> dict:
         return {"domains": self.store.stats(), "clock": self.now().isoformat(),
-                "requests": len(self._requests), "faults_pending": len(self.faults.pending())}
+                "requests": len(self._requests), "faults_pending": len(self.faults.pending()),
+                "replicas": self.replicas, "reindexed_ids": self.reindexed_ids,
+                "rate_limit": self.rate_limiter.settings()}
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, domain: str = "demo", n_cases: int = 300,
           seed: int = 0, username: str = "demo@example.org", api_key: str = "demo-key",
-          awkward: bool = False) -> None:
+          awkward: bool = False, replicas: int = DEFAULT_REPLICAS, rate_limit: bool = False) -> None:
     """Run a simulator in the foreground until Ctrl-C."""
     dataset = Dataset.generate(domain=domain, seed=seed, n_cases=n_cases, awkward=awkward)
-    sim = HQSimulator([dataset], users={username: (api_key, None)}, host=host, port=port)
+    sim = HQSimulator([dataset], users={username: (api_key, None)}, host=host, port=port,
+                      replicas=replicas, rate_limit=rate_limit)
     sim.start()
-    log.info("HQ simulator: %s/a/%s/api/v0.5/case/ (%d cases, %d forms); "
+    log.info("HQ simulator: %s/a/%s/api/v0.5/case/ (%d cases, %d forms, %d index cop%s%s); "
              "Authorization: ApiKey %s:%s; control API at %s/_sim/stats",
-             sim.base_url, domain, len(dataset.cases), len(dataset.forms), username, api_key,
-             sim.base_url)
+             sim.base_url, domain, len(dataset.cases), len(dataset.forms), replicas,
+             "y" if replicas == 1 else "ies", ", rate-limited" if rate_limit else "",
+             username, api_key, sim.base_url)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@ the changes field workers (and HQ maintenance) make between syncs.
 
 Every write re-indexes a document: it gets a fresh `indexed_on` from the clock and a fresh
 insertion sequence, exactly as HQ's pillows re-send a changed document to Elasticsearch.
+The index may have several copies (`replicas`) that order ties differently (see replicas.py).
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import bisect
 import random
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
-from etl.simulator import directory
+from etl.simulator import directory, rebuild, replicas
 from etl.simulator.dataset import Dataset
 from etl.simulator.factory import DocFactory, Index
 from etl.simulator.hqtime import US_PER_MS, US_PER_SECOND, fmt_us, from_us, parse_ms, to_us
@@ -34,6 +36,22 @@ def _ix_key(r: Record) -> tuple[int, int]:
     return r.ix, r.seq
 
 
+def _sort_key(kind: str, sort: Sort) -> Callable[[Record], Any]:
+    if sort == (("indexed_on", False),):
+        return lambda r: r.ix
+    getters = [(SORT_FIELDS[kind][name], desc) for name, desc in sort]
+
+    def value(get: Callable[[Record], int | None], desc: bool, r: Record) -> int:
+        v = get(r)
+        v = MISSING if v is None else v
+        return -v if desc else v
+
+    if len(getters) == 1:
+        (get, desc), = getters
+        return lambda r: value(get, desc, r)
+    return lambda r: tuple(value(get, desc, r) for get, desc in getters)
+
+
 def _v2_key(r: Record) -> tuple[int, str]:
     return r.ix, r.id
 
@@ -45,7 +63,9 @@ class Collection:
         self.kind = kind
         self.ordered: list[Record] = sorted(records, key=_ix_key)
         self.by_id: dict[str, Record] = {r.id: r for r in self.ordered}
-        self._views: dict[object, list[Record]] = {}
+        self._views: dict[object, Any] = {}
+        self._keys: dict[Sort, Callable[[Record], Any]] = {}
+        self._touching: dict[str, list[str]] | None = None  # forms only: case id -> form ids
 
     def __len__(self) -> int:
         return len(self.ordered)
@@ -59,11 +79,33 @@ class Collection:
         bisect.insort(self.ordered, record, key=_ix_key)
         self.by_id[record.id] = record
         self._views.clear()
+        if self._touching is not None:
+            self._note(record)
 
     def remove(self, record_id: str) -> Record | None:
         record = self._unlink(record_id)
         self._views.clear()
+        if record is not None and self._touching is not None:
+            for case_id in record.case_ids:
+                forms = self._touching.get(case_id, [])
+                if record_id in forms:
+                    forms.remove(record_id)
         return record
+
+    def touching(self, case_id: str) -> list[str]:
+        """Forms only: the ids of every form (archived or not) with a block for `case_id`, in
+        the order the index first saw them (HQ's case transactions, revoked ones included)."""
+        if self._touching is None:
+            self._touching = {}
+            for record in self.ordered:
+                self._note(record)
+        return list(self._touching.get(case_id, ()))
+
+    def _note(self, record: Record) -> None:
+        for case_id in record.case_ids:
+            forms = self._touching.setdefault(case_id, [])
+            if record.id not in forms:
+                forms.append(record.id)
 
     def _unlink(self, record_id: str) -> Record | None:
         old = self.by_id.pop(record_id, None)
@@ -79,19 +121,21 @@ class Collection:
             return self.ordered
         cached = self._views.get(sort)
         if cached is None:
-            getters = [(SORT_FIELDS[self.kind][name], desc) for name, desc in sort]
-
-            def key(r: Record) -> tuple:
-                values = []
-                for get, desc in getters:
-                    value = get(r)
-                    value = MISSING if value is None else value
-                    values.append(-value if desc else value)
-                values.append(r.seq)
-                return tuple(values)
-
-            cached = self._views[sort] = sorted(self.ordered, key=key)
+            key = self.sort_key(sort)
+            cached = self._views[sort] = sorted(self.ordered, key=lambda r: (key(r), r.seq))
         return cached
+
+    def sort_key(self, sort: Sort) -> Callable[[Record], Any]:
+        """The value `view(sort)` is ordered by (ms precision, missing first ascending), without
+        the write-order tie-break: records with equal keys are a tie."""
+        key = self._keys.get(sort)
+        if key is None:
+            key = self._keys[sort] = _sort_key(self.kind, sort)
+        return key
+
+    def tie_cache(self, sort: Sort) -> dict:
+        """Per-replica orders of big ties in `view(sort)`, dropped with the views on any write."""
+        return self._views.setdefault(("ties", sort), {})
 
     def v2_view(self) -> list[Record]:
         """Case API v2 order: (indexed_on ms, case_id)."""
@@ -113,6 +157,8 @@ class Domain:
         self.factory = dataset.factory.fork(f"mutations:{dataset.domain}:{dataset.seed}")
         self.users = directory.mobile_workers(dataset.factory)
         self.groups = directory.case_sharing_groups(dataset.factory)
+        self.deprecated_types: set[str] = set()  # the data dictionary's deprecated case types
+        self.rebuilt_away: dict[str, dict] = {}  # cases a rebuild deleted (no forms left)
 
     def collection(self, resource: str) -> Collection:
         if resource == "case":
@@ -122,10 +168,22 @@ class Domain:
         raise ValueError(f"resource must be 'case' or 'form', not {resource!r}")
 
 
-class Store:
-    """All domains, the clock, and thread-safe changes."""
+@dataclass
+class ReindexTrigger:
+    """`reindex_during_reads`: after `remaining` more v0.5 list requests for `resource` (in
+    `domain`, or any), re-index `count` of the records the last of them served."""
 
-    def __init__(self, datasets: Iterable[Dataset], seed: int = 0):
+    resource: str
+    domain: str | None
+    remaining: int
+    count: int
+    rng: random.Random
+
+
+class Store:
+    """All domains, the clock, the index's copies, and thread-safe changes."""
+
+    def __init__(self, datasets: Iterable[Dataset], seed: int = 0, replicas: int = 1):
         self.lock = threading.RLock()
         self.domains: dict[str, Domain] = {}
         newest = 0
@@ -139,6 +197,30 @@ class Store:
         self.seq = seq + 1
         self.clock_us = newest + US_PER_MS
         self.rng = random.Random(f"clock:{seed}")
+        self.triggers: list[ReindexTrigger] = []
+        self.reindexed_ids: list[str] = []  # what `reindex_during_reads` moved, in order
+        self.set_replicas(replicas, seed)
+
+    # --- the index's copies ----------------------------------------------------------------------
+
+    def set_replicas(self, n: int, seed: int = 0) -> None:
+        """Serve v0.5 lists from `n` copies of the index, each request from one drawn at random
+        (seeded: the same requests in the same order meet the same copies)."""
+        n = int(n)
+        if n < 1:
+            raise ValueError(f"replicas must be at least 1, not {n}")
+        with self.lock:
+            self.replicas = n
+            self._salts = replicas.salts(n, seed) if n > 1 else []
+            self._replica_rng = random.Random(f"replicas:{seed}")
+
+    def draw_replica(self) -> int | None:
+        """The copy that answers this search (None: there is only one)."""
+        with self.lock:
+            return self._replica_rng.randrange(self.replicas) if self.replicas > 1 else None
+
+    def replica_salt(self, replica: int | None) -> bytes | None:
+        return None if replica is None else self._salts[replica]
 
     # --- clock ---------------------------------------------------------------------------------
 
@@ -253,21 +335,121 @@ class Store:
             return ids
 
     def set_archived(self, domain: str, form_ids: Iterable[str], archived: bool) -> None:
-        """Archive or restore forms: the form is re-indexed (its cases are left as they are)."""
+        """Archive or restore forms, as HQ does: the form is re-indexed, then every case it
+        touched is rebuilt from its remaining non-archived forms and re-indexed too (see
+        rebuild.py; a case left without forms disappears, and comes back on restore). A form
+        already in that state is left alone (`archive()` returns early when it is archived)."""
         with self.lock:
             d = self.domain(domain)
             for record in self._existing(d.forms, form_ids):
+                if record.archived == archived or isinstance(record, RawRecord):
+                    continue
                 doc = record.doc(b"")
                 when = self.tick()
                 doc["archived"] = archived
                 doc["server_modified_on"] = fmt_us(when)
                 self._save(d.forms, doc, self.tick())
+                for case_id in record.case_ids:
+                    self._rebuild_case(d, case_id)
+
+    def _rebuild_case(self, d: Domain, case_id: str) -> None:
+        """`hard_rebuild_case`: replay the case's non-archived forms (by received_on, then the
+        order they were indexed); a fresh server_date_modified, and a re-index."""
+        current = d.cases.get(case_id)
+        if isinstance(current, RawRecord):
+            return
+        base = current.doc(b"") if current is not None else d.rebuilt_away.get(case_id)
+        if base is None:  # deleted outright (or never indexed): nothing to rebuild
+            return
+        touching = d.forms.touching(case_id)
+        position = {form_id: n for n, form_id in enumerate(touching)}
+        live = [f for f in (d.forms.get(i) for i in touching)
+                if f is not None and not f.archived and not isinstance(f, RawRecord)]
+        live.sort(key=lambda f: (MISSING if f.keys[0] is None else f.keys[0], position[f.id]))
+        doc = rebuild.replay(base, [f.doc(b"") for f in live])
+        if doc is None:  # no forms left: HQ marks it deleted, and the case pillow unindexes it
+            d.rebuilt_away[case_id] = base
+            d.cases.remove(case_id)
+            return
+        d.rebuilt_away.pop(case_id, None)
+        doc["server_date_modified"] = fmt_us(self.tick())
+        if doc["date_modified"] is None:
+            doc["date_modified"] = doc["server_date_modified"]
+        self._save(d.cases, doc, self.tick())
+
+    def touch_cases(self, domain: str, case_ids: Iterable[str]) -> None:
+        """Re-save cases without a form (a rebuild, a data-cleaning job): the same content with
+        a fresh server_date_modified, re-indexed with a fresh indexed_on."""
+        with self.lock:
+            d = self.domain(domain)
+            for record in self._existing(d.cases, list(case_ids)):
+                if isinstance(record, RawRecord):
+                    continue
+                doc = record.doc(b"")
+                doc["server_date_modified"] = fmt_us(self.tick())
+                self._save(d.cases, doc, self.tick())
+
+    def deprecate_case_type(self, domain: str, case_type: str, deprecated: bool = True) -> None:
+        """Mark a case type deprecated (or not) in the project's data dictionary."""
+        with self.lock:
+            types = self.domain(domain).deprecated_types
+            if deprecated:
+                types.add(case_type)
+            else:
+                types.discard(case_type)
+
+    # --- re-indexing while a read is under way ---------------------------------------------------
+
+    def reindex_during_reads(self, resource: str, after_requests: int = 1, count: int = 1,
+                             domain: str | None = None, seed: int = 0) -> None:
+        """Once `after_requests` more v0.5 list requests for `resource` ("case" or "form") have
+        been answered, re-index `count` of the records the last one served (drawn with a seeded
+        rng): forms are archived (which re-indexes them and rebuilds their cases), cases are
+        touched. They leave the millisecond they were in, so a reader paging by offset finds
+        the rest of the list shifted under it. The ids moved accumulate in `reindexed_ids`."""
+        if resource not in ("case", "form"):
+            raise ValueError(f"resource must be 'case' or 'form', not {resource!r}")
+        if int(after_requests) < 1 or int(count) < 1:
+            raise ValueError("after_requests and count must be at least 1")
+        with self.lock:
+            if domain is not None:
+                self.domain(domain)  # validates the name
+            self.triggers.append(ReindexTrigger(resource, domain, int(after_requests), int(count),
+                                                random.Random(f"reindex:{seed}")))
+
+    def after_v05_list(self, domain: str, resource: str, page: list[Record]) -> None:
+        """Called (under the lock) once a v0.5 list page has been chosen: fire due triggers."""
+        with self.lock:
+            due = []
+            for trigger in list(self.triggers):
+                if trigger.resource != resource or trigger.domain not in (None, domain):
+                    continue
+                trigger.remaining -= 1
+                if trigger.remaining <= 0:
+                    self.triggers.remove(trigger)
+                    due.append(trigger)
+            for trigger in due:
+                self._reindex_some(domain, trigger, page)
+
+    def _reindex_some(self, domain: str, trigger: ReindexTrigger, page: list[Record]) -> None:
+        coll = self.domain(domain).collection(trigger.resource)
+        candidates = [r for r in page if type(r) is Record and coll.get(r.id) is r
+                      and not (trigger.resource == "form" and r.archived)]
+        picked = [r.id for r in trigger.rng.sample(candidates,
+                                                   min(trigger.count, len(candidates)))]
+        if trigger.resource == "form":
+            self.set_archived(domain, picked, True)
+        else:
+            self.touch_cases(domain, picked)
+        self.reindexed_ids.extend(picked)
 
     def delete(self, domain: str, resource: str, ids: Iterable[str]) -> None:
         with self.lock:
-            coll = self.domain(domain).collection(resource)
+            d = self.domain(domain)
+            coll = d.collection(resource)
             for record in self._existing(coll, list(ids)):
                 coll.remove(record.id)
+                d.rebuilt_away.pop(record.id, None)
 
     def add_ties(self, domain: str, resource: str, n: int,
                  indexed_on: datetime | None = None) -> list[str]:
@@ -313,6 +495,18 @@ class Store:
             coll.put(RawRecord(resource, doc, record_id, self._next_seq(), ms))
             return record_id
 
+    def add_record(self, domain: str, resource: str, doc: dict) -> str:
+        """Index a well-formed case or form document (its own `indexed_on`, or now): unlike
+        `add_raw`, it takes part in every filter and sort, like a generated one."""
+        with self.lock:
+            coll = self.domain(domain).collection(resource)
+            doc = dict(doc)
+            doc.pop("resource_uri", None)
+            if parse_ms(doc.get("indexed_on")) is None:
+                doc["indexed_on"] = fmt_us(self.tick())
+            coll.put(Record(resource, doc, self._next_seq()))
+            return doc["id"]
+
     @staticmethod
     def _lag(f: DocFactory) -> int:
         return ri(f.rng, 2 * US_PER_SECOND, 600 * US_PER_SECOND)
@@ -329,6 +523,7 @@ class Store:
             return {name: {"cases": len(d.cases), "forms": len(d.forms),
                            "archived_forms": sum(r.archived for r in d.forms.ordered),
                            "closed_cases": sum(r.terms[4] for r in d.cases.ordered),
-                           "apps": len(d.apps)}
+                           "apps": len(d.apps),
+                           "deprecated_case_types": sorted(d.deprecated_types)}
                     for name, d in self.domains.items()}
 

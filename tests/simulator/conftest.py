@@ -45,10 +45,11 @@ class Client:
             doc = self.json(doc["meta"]["next"])
 
 
-def make_sim(n_cases: int = 60, seed: int = 0, **kw: Any) -> HQSimulator:
+def make_sim(n_cases: int = 60, seed: int = 0, replicas: int = 1, **kw: Any) -> HQSimulator:
+    """One index copy unless asked: most simulator tests pin down the order within ties."""
     datasets = [Dataset.generate(domain="demo", seed=seed, n_cases=n_cases, **kw),
                 Dataset.generate(domain="elsewhere", seed=seed + 1, n_cases=5)]
-    return HQSimulator(datasets=datasets, users=USERS).start()
+    return HQSimulator(datasets=datasets, users=USERS, replicas=replicas).start()
 
 
 @pytest.fixture(scope="module")

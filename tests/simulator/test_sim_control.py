@@ -86,3 +86,51 @@ def test_python_dash_m_serves_until_interrupted():
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
+
+
+def test_worst_case_actions_over_http(sim, client: Client):
+    def mutate(**body) -> requests.Response:
+        return requests.post(sim.base_url + "/_sim/mutate", json=body)
+
+    assert mutate(action="set_replicas", n=3, seed=1).json() == {"result": 3}
+    assert sim.replicas == 3
+    client.json(CASES, {"limit": 5})
+    assert sim.requests[-1].replica in (0, 1, 2)
+    assert mutate(action="set_replicas", n=0).status_code == 400
+    assert mutate(action="set_replicas", n=1).json()["result"] == 1
+
+    assert mutate(action="reindex_during_reads", resource="case", after_requests=1, count=2,
+                  seed=4).status_code == 200
+    page = client.json(CASES, {"limit": 5})
+    moved = mutate(action="reindexed_ids").json()["result"]
+    assert len(moved) == 2 and set(moved) <= {c["id"] for c in page["objects"]}
+    assert requests.get(sim.base_url + "/_sim/stats").json()["reindexed_ids"] == moved
+    assert mutate(action="reindex_during_reads", resource="nope").status_code == 400
+
+    case_id = page["objects"][0]["id"]
+    before = client.json(f"{CASES}{case_id}/")["indexed_on"]
+    assert mutate(action="touch_cases", case_ids=[case_id]).status_code == 200
+    assert client.json(f"{CASES}{case_id}/")["indexed_on"] > before
+
+    stats = requests.get(sim.base_url + "/_sim/stats").json()
+    assert stats["replicas"] == 1 and stats["rate_limit"]["enabled"] is False
+
+
+def test_python_dash_m_takes_replicas_and_rate_limit():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "etl.simulator", "--port", "0", "--cases", "5", "--replicas", "3",
+         "--rate-limit"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        for _ in range(50):
+            line = proc.stderr.readline()
+            if "http://" in line or not line:
+                break
+        assert "3 index copies, rate-limited" in line
+        url = re.search(r"(http://127\.0\.0\.1:\d+)", line).group(1)
+        stats = requests.get(f"{url}/_sim/stats", timeout=10).json()
+        assert stats["replicas"] == 3 and stats["rate_limit"]["enabled"] is True
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0

@@ -139,3 +139,28 @@ def test_keep_alive_connection_survives_error_responses(sim):
         statuses.append(response.status)
     conn.close()
     assert statuses == [503, 200, 200]
+
+
+def test_401_throttled_is_hqs_api_blacklist_answer(sim, client: Client):
+    sim.faults.add("401-throttled", resource="case_v2")
+    response = client.get(CASES_V2)
+    assert response.status_code == 401 and "WWW-Authenticate" not in response.headers
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json() == {"error": "API access has been temporarily cut off due to too many "
+                                        "requests.  To re-enable, please contact support."}
+    assert client.get(CASES_V2).status_code == 200
+
+
+@pytest.mark.parametrize("options, header", [({}, "1"), ({"retry_after": 9}, "9")])
+def test_202_says_come_back_later(sim, client: Client, options, header):
+    sim.faults.add("202", resource="form", **options)
+    response = client.get(FORMS)
+    assert response.status_code == 202 and response.reason == "Accepted"
+    assert response.headers["Retry-After"] == header and len(response.content) < 100
+    assert client.get(FORMS).status_code == 200
+    assert [r.fault for r in sim.requests] == ["202", None]
+
+
+def test_new_kinds_take_part_in_random_mode(sim, client: Client):
+    sim.faults.set_random(1.0, ["401-throttled", "202"], seed=2)
+    assert {client.get(CASES).status_code for _ in range(12)} == {401, 202}

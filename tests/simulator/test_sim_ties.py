@@ -1,4 +1,5 @@
-"""12,000 documents sharing one indexed_on: v0.5 offsets are stable, v2's cursor loses none."""
+"""12,000 documents sharing one indexed_on: with one index copy (the default) v0.5 offsets are
+stable, and v2's cursor loses none (several copies: test_sim_replicas.py)."""
 
 from __future__ import annotations
 

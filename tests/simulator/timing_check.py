@@ -1,6 +1,6 @@
 """Timing check, run by hand (not a test): generation and page latency at 100k records.
 
-    python tests/simulator/timing_check.py [n_cases] [n_forms]
+    python tests/simulator/timing_check.py [n_cases] [n_forms] [replicas]
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ def timed_get(session: requests.Session, url: str, params: dict) -> tuple[float,
 def main() -> None:
     n_cases = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     n_forms = int(sys.argv[2]) if len(sys.argv) > 2 else n_cases
+    n_replicas = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     started = time.perf_counter()
     dataset = Dataset.generate(domain="bench", seed=1, n_cases=n_cases, n_forms=n_forms)
     print(f"generate {n_cases:,} cases + {n_forms:,} forms: {time.perf_counter() - started:.1f}s, "
           f"max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
-    with HQSimulator([dataset], users={"u": ("k", None)}) as sim:
+    with HQSimulator([dataset], users={"u": ("k", None)}, replicas=n_replicas) as sim:
         session = requests.Session()
         session.headers["Authorization"] = "ApiKey u:k"
         base = f"{sim.base_url}/a/bench/api"
