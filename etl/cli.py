@@ -141,7 +141,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
     warehouse = _warehouse(settings)
     warehouse.migrate()
     streams = [args.resource] if args.resource != "all" else list(STREAMS)
-    deleted = reset_streams(settings, warehouse, domain, streams)
+    deleted = reset_streams(settings, warehouse, domain, streams, wait_seconds=args.wait)
     log.info("reset %s [%s]: %d checkpoint(s) forgotten; the next sync re-reads everything "
              "(warehouse rows are kept)", ", ".join(streams), domain, deleted)
     return ExitCode.OK
@@ -151,9 +151,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from etl import state
 
     settings = _settings(args)
-    warehouse = _warehouse(settings)
-    warehouse.migrate()
+    warehouse = _warehouse(settings)  # only reads: no migration, no lock, nothing written
     with warehouse.connect() as conn:
+        if not state.has_tables(conn, settings.warehouse_schema):
+            print(f"the warehouse has no commcare-etl tables in schema "
+                  f"{settings.warehouse_schema!r} yet: run `commcare-etl sync` (or `migrate`)")
+            return ExitCode.OK
         rows = state.list_checkpoints(conn, settings.warehouse_schema)
     if not rows:
         print("no checkpoints yet: nothing has been synced into this warehouse")
@@ -168,7 +171,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or "INFO")
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # nothing to finish: SIGTERM just ends it
     serve(host=args.host, port=args.port, domain=args.sim_domain, n_cases=args.cases,
-          seed=args.seed, username=args.username, api_key=args.api_key)
+          seed=args.seed, username=args.username, api_key=args.api_key,
+          replicas=args.replicas, rate_limit=args.rate_limit)
     return ExitCode.OK
 
 
@@ -215,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Forget a stream's checkpoint so the next sync re-reads it all (keeps the data).")
     p.add_argument("--resource", choices=[*STREAMS, "all"], required=True)
     p.add_argument("--domain", help="required when several domains are configured")
+    p.add_argument("--wait", type=float, default=900, metavar="SECONDS",
+                   help="how long to wait for a running sync of the stream to finish "
+                        "(default 900; then exit 4 having changed nothing)")
 
     add("migrate", cmd_migrate, "Create or upgrade the warehouse tables, and nothing else.")
     add("status", cmd_status, "Show where each stream's checkpoint stands.")
@@ -230,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--username", default="demo@example.org")
     p.add_argument("--api-key", default="demo-key")
+    p.add_argument("--replicas", type=int, default=3,
+                   help="search index copies answering case/form lists, each ordering records "
+                        "with equal indexed_on its own way, as HQ's do (default 3; 1: stable)")
+    p.add_argument("--rate-limit", action="store_true",
+                   help="answer 429 beyond HQ's per-project rate limit")
     return parser
 
 

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(
         900.0, ge=0, description="Give up on one request after retrying this long."
     )
+    unreachable_retry_seconds: float = Field(
+        45.0, ge=0, description="Give up this soon when HQ cannot be reached at all at the start.")
     retry_initial_wait: float = Field(2.0, ge=0)
     retry_max_wait: float = Field(120.0, ge=0)
 
@@ -60,6 +62,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     warehouse_schema: str = Field("commcare", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     embedded_pg_dir: Path = Path(".commcare-etl") / "pgdata"
+    ddl_lock_timeout: float = Field(
+        3.0, gt=0, description="Seconds a new column or view may wait for a BI user's lock.")
     parallel_streams: int = Field(
         1, ge=1, le=32, description="Streams (and domains) synced at once, each in a process.")
     lock_wait_seconds: float = Field(

@@ -46,6 +46,10 @@ class HQRequestRejected(HQError):
     """HQ answered 4xx to a request: retrying the same request cannot help."""
 
 
+class HQUnreachable(HQError):
+    """HQ could not be reached at all (refused, DNS, no route) before it ever answered."""
+
+
 class MalformedResponse(HQError):
     """A 200 answer whose body is not the JSON document the API promises."""
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import ctypes
 import logging
 import multiprocessing
+import os
 import signal
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 from etl.config import Settings
-from etl.errors import EtlError
+from etl.errors import EtlError, Interrupted
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -36,31 +37,29 @@ def _worker_init(log_level: str, log_format: str) -> None:
                         ctypes.get_errno())
 
 
-def _portable(exc: BaseException) -> EtlError:
+def _portable(exc: BaseException, message: str) -> EtlError:
     """An exception that survives the trip back to the parent process, keeping its exit code."""
     if isinstance(exc, EtlError):
         try:
             return type(exc)(str(exc))
         except TypeError:
             pass
-    error = EtlError(f"{type(exc).__name__}: {exc}")
+    error = EtlError(message)
     error.exit_code = getattr(exc, "exit_code", error.exit_code)
     return error
 
 
 def _job(settings: Settings, url: str, schema: str, domain: str, stream: str):
     from etl.db import Warehouse
-    from etl.sync import StreamReport, make_client, sync_stream
+    from etl.sync import failed_report, make_client, sync_stream
 
     warehouse = Warehouse(url, schema)
     client = make_client(settings)
     try:
         return sync_stream(settings, warehouse, client, domain, stream)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        if not isinstance(exc, EtlError):
-            log.exception("sync %s [%s] failed", stream, domain)
-        report = StreamReport(domain, stream, status="failed", error=str(exc) or type(exc).__name__)
-        report.exception = _portable(exc)
+        report = failed_report(domain, stream, exc)
+        report.exception = _portable(exc, report.error)
         return report
     finally:
         client.close()
@@ -69,20 +68,45 @@ def _job(settings: Settings, url: str, schema: str, domain: str, stream: str):
 
 def run_parallel(settings: Settings, url: str, schema: str, jobs: list[tuple[str, str]],
                  workers: int) -> list:
-    """Run the jobs, `workers` at a time; reports come back in the order of `jobs`."""
+    """Run the jobs, `workers` at a time; reports come back in the order of `jobs`.
+
+    A SIGTERM to this process is passed on to the workers, which stop as a sequential run
+    does: the page being loaded commits, then each reports itself interrupted.
+    """
+    from etl import stopping
+
     context = multiprocessing.get_context("spawn")
     executor = ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
                                    initializer=_worker_init,
                                    initargs=(settings.log_level, settings.log_format))
+    processes = lambda: list(getattr(executor, "_processes", {}).values())  # noqa: E731
     try:
         futures = {executor.submit(_job, settings, url, schema, d, s): i
                    for i, (d, s) in enumerate(jobs)}
         reports: list = [None] * len(jobs)
-        for future in as_completed(futures):
-            reports[futures[future]] = future.result()
+        pending, forwarded = set(futures), False
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in done:
+                if not future.cancelled():
+                    reports[futures[future]] = future.result()
+            if stopping.requested() and not forwarded:
+                forwarded = True
+                for future in pending:
+                    future.cancel()  # not started yet: nothing to stop
+                for process in processes():
+                    if process.is_alive():
+                        os.kill(process.pid, signal.SIGTERM)
+        for i, (domain, stream) in enumerate(jobs):
+            if reports[i] is None:  # cancelled before it started
+                from etl.sync import StreamReport
+
+                reports[i] = StreamReport(domain, stream, status="failed",
+                                          error=stopping.MESSAGE,
+                                          exception=Interrupted(stopping.MESSAGE))
         return reports
     except BaseException:
-        for process in list(getattr(executor, "_processes", {}).values()):
+        for process in processes():
             process.terminate()  # they record 'interrupted' and roll back their open page
         raise
     finally:

@@ -51,7 +51,25 @@ def list_checkpoints(conn: psycopg.Connection, schema: str) -> list[tuple]:
         _t(schema, "sync_checkpoints"))).fetchall()
 
 
+def has_tables(conn: psycopg.Connection, schema: str) -> bool:
+    """Has `migrate` created the warehouse in `schema`?"""
+    return conn.execute("select to_regclass(%s) is not null",
+                        (f'"{schema}".sync_checkpoints',)).fetchone()[0]
+
+
 # --- locks ---------------------------------------------------------------------------------
+
+def _lock_key(schema: str, domain: str, stream: str, purpose: str) -> str:
+    return f"commcare-etl:{schema}:{domain}:{stream}:{purpose}"
+
+
+def lock_is_free(conn: psycopg.Connection, schema: str, domain: str, stream: str,
+                 purpose: str = "sync") -> bool:
+    """Whether no run holds the stream's lock right now (a snapshot: it may change at once)."""
+    return not conn.execute(
+        "select exists (select 1 from pg_locks where locktype = 'advisory' and granted "
+        "and objid = (hashtext(%s)::bigint & 4294967295)::oid and objsubid = 1)",
+        (_lock_key(schema, domain, stream, purpose),)).fetchone()[0]
 
 @contextmanager
 def stream_lock(conn: psycopg.Connection, schema: str, domain: str, stream: str,
@@ -60,7 +78,7 @@ def stream_lock(conn: psycopg.Connection, schema: str, domain: str, stream: str,
 
     Released when the block ends or, if the process dies, when its connection closes.
     """
-    key = f"commcare-etl:{schema}:{domain}:{stream}:{purpose}"
+    key = _lock_key(schema, domain, stream, purpose)
     deadline = time.monotonic() + wait_seconds
     while not conn.execute("select pg_try_advisory_lock(hashtext(%s))", (key,)).fetchone()[0]:
         if time.monotonic() >= deadline:
@@ -72,8 +90,11 @@ def stream_lock(conn: psycopg.Connection, schema: str, domain: str, stream: str,
     try:
         yield
     finally:
-        if not conn.closed:
-            conn.execute("select pg_advisory_unlock(hashtext(%s))", (key,))
+        try:
+            if not conn.closed:
+                conn.execute("select pg_advisory_unlock(hashtext(%s))", (key,))
+        except psycopg.Error:  # a broken connection: closing it releases the lock anyway
+            conn.close()
 
 
 # --- dead letters --------------------------------------------------------------------------

@@ -119,6 +119,7 @@ def make_client(settings: Settings) -> HQClient:
         settings.commcare_base_url, settings.commcare_username or "", settings.api_key,
         timeout=settings.http_timeout, retry_max_seconds=settings.retry_max_seconds,
         retry_initial_wait=settings.retry_initial_wait, retry_max_wait=settings.retry_max_wait,
+        unreachable_max_seconds=settings.unreachable_retry_seconds,
     )
 
 
@@ -146,9 +147,15 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                              form_page_size=settings.form_page_size)
         log.info("%s %s [%s]: starting from %s", command, stream_name, domain,
                  _describe(window))
-        loader = Loader(conn, warehouse.schema, bi=settings.bi_tables)
+        loader = Loader(conn, warehouse.schema, bi=settings.bi_tables,
+                        ddl_lock_timeout=settings.ddl_lock_timeout,
+                        keep=getattr(stream, "unknown_columns", ()))
         last_progress = time.monotonic()
         try:
+            rebuilt = loader.rebuild_pending(stream_name, domain)
+            if rebuilt:
+                log.info("%s %s [%s]: rewrote the BI rows of %d record(s) that had waited for "
+                         "a new column", command, stream_name, domain, rebuilt)
             # Fetching and transforming (pure) run a page ahead, in a thread, while this one
             # loads; loads stay strictly in order, one transaction per page.
             transformed = ((page, transform_page(page.records, domain, transform,
@@ -164,23 +171,23 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                     last_progress = time.monotonic()
                     log.info("%s %s [%s]: %d records so far, at indexed_on %s", command,
                              stream_name, domain, report.records, page.cursor.get("indexed_on"))
+            if settings.bi_tables:
+                _refresh_typed_views(loader)
+            if forget_checkpoint_when_done:
+                state.delete_checkpoints(conn, warehouse.schema, domain, [checkpoint_stream])
         except BaseException as exc:
             report.status = "failed"
             report.error = str(exc) or type(exc).__name__
             report.exception = exc
             report.seconds = time.monotonic() - started
-            _finish(conn, warehouse.schema, run_id,
+            _finish(warehouse, conn, run_id,
                     "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failed",
-                    report.error, stream.requests_made)
+                    describe_failure(exc), stream.requests_made)
             raise
-        if settings.bi_tables and stream_name in ("apps", "forms") and report.records:
-            _refresh_typed_views(conn, warehouse.schema)
         report.status = "ok"
         report.requests = stream.requests_made
         report.seconds = time.monotonic() - started
-        if forget_checkpoint_when_done:
-            state.delete_checkpoints(conn, warehouse.schema, domain, [checkpoint_stream])
-        _finish(conn, warehouse.schema, run_id, "ok", None, stream.requests_made)
+        _finish(warehouse, conn, run_id, "ok", None, stream.requests_made)
     log.info(report.summary())
     return report
 
@@ -204,19 +211,32 @@ def _load(loader: Loader, page: Page, batch: Batch, report: StreamReport, stream
     log.debug("%s [%s]: loaded page of %d (%s)", stream_name, domain, batch.records, page.url)
 
 
-def _refresh_typed_views(conn: psycopg.Connection, schema: str) -> None:
+def _refresh_typed_views(loader: Loader) -> None:
+    """Typed views follow the tables whose columns this run added or retyped, and only those."""
     from etl.load.bi import refresh_typed_views
 
-    for column, count in refresh_typed_views(conn, schema).items():
-        log.warning("%d value(s) in %s do not parse as the app's date/number type: NULL in the "
-                    "_typed view, kept as text in the table", count, column)
+    catalog = loader.catalog
+    if catalog.changed or catalog.retyped:
+        for warning in refresh_typed_views(catalog, catalog.changed, catalog.retyped):
+            log.warning(warning)
+    for (table, column), count in sorted(catalog.unparsed_run.items()):
+        if count > 0:
+            log.warning("%d value(s) in %s.%s do not parse as the app's date/number type: NULL "
+                        "in the _typed view, kept as text in the table", count, table, column)
 
 
-def _finish(conn: psycopg.Connection, schema: str, run_id: int, status: str, error: str | None,
-            requests: int) -> None:
+def _finish(warehouse: Warehouse, conn: psycopg.Connection, run_id: int, status: str,
+            error: str | None, requests: int) -> None:
+    """Record how the run ended; on a fresh connection if the failure broke this one."""
     try:
-        state.finish_run(conn, schema, run_id, status, error, requests)
-    except psycopg.Error:  # the connection itself may be what failed
+        state.finish_run(conn, warehouse.schema, run_id, status, error, requests)
+        return
+    except psycopg.Error:
+        log.debug("could not record the end of run %s on its connection", run_id, exc_info=True)
+    try:
+        with warehouse.connect() as fresh:
+            state.finish_run(fresh, warehouse.schema, run_id, status, error, requests)
+    except psycopg.Error:  # the database itself is gone: the next run marks it abandoned
         log.debug("could not record the end of run %s", run_id, exc_info=True)
 
 
@@ -224,8 +244,8 @@ def _describe(window: Window) -> str:
     if window.next_url:
         return "the saved HQ cursor"
     parts = [f"indexed_on {window.start.isoformat()}" if window.start else "the beginning"]
-    if window.tie_offset:
-        parts.append(f"(offset {window.tie_offset} within that millisecond)")
+    if window.tie is not None:
+        parts.append("(inside that millisecond)")
     if window.end:
         parts.append(f"to {window.end.isoformat()}")
     return " ".join(parts)
@@ -270,13 +290,34 @@ def _run_in_turn(settings: Settings, warehouse: Warehouse,
                 reports.append(sync_stream(settings, warehouse, client, domain, stream_name))
             except (AuthError, Interrupted):
                 raise
-            except EtlError as exc:
-                log.error("sync %s [%s] failed: %s", stream_name, domain, exc)
-                reports.append(StreamReport(domain, stream_name, status="failed",
-                                            error=str(exc), exception=exc))
+            except Exception as exc:  # noqa: BLE001 - one stream's failure does not stop the rest
+                reports.append(failed_report(domain, stream_name, exc))
+
     finally:
         client.close()
     return reports
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for an operator: what failed, and that the checkpoint did not move past it."""
+    if isinstance(exc, EtlError):
+        return str(exc)
+    if isinstance(exc, psycopg.Error):
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return (f"database error ({type(exc).__name__}): {first}; the checkpoint stays at the "
+                f"last loaded page. Check the warehouse database (its log, disk space, "
+                f"permissions) and run again")
+    return (f"unexpected error: {type(exc).__name__}: {exc}; the checkpoint stays at the last "
+            f"loaded page (please report this)")
+
+
+def failed_report(domain: str, stream_name: str, exc: BaseException) -> StreamReport:
+    message = describe_failure(exc)
+    if isinstance(exc, (EtlError, psycopg.Error)):
+        log.error("sync %s [%s] failed: %s", stream_name, domain, message)
+    else:
+        log.exception("sync %s [%s] failed: %s", stream_name, domain, message)
+    return StreamReport(domain, stream_name, status="failed", error=message, exception=exc)
 
 
 def backfill_key(stream_name: str) -> str:
@@ -316,12 +357,19 @@ def run_backfill(settings: Settings, warehouse: Warehouse, stream_name: str, dom
 
 
 def reset_streams(settings: Settings, warehouse: Warehouse, domain: str,
-                  streams: list[str]) -> int:
-    """Forget the checkpoints, so the next sync re-reads everything; warehouse rows stay."""
+                  streams: list[str], wait_seconds: float | None = None) -> int:
+    """Forget the checkpoints, so the next sync re-reads everything; warehouse rows stay.
+
+    A running sync of the stream finishes first (its last page would otherwise move the
+    checkpoint again): this waits for it, up to `wait_seconds`."""
+    wait = settings.lock_wait_seconds if wait_seconds is None else wait_seconds
     deleted = 0
     with warehouse.connect() as conn:
         for stream_name in streams:
-            with state.stream_lock(conn, warehouse.schema, domain, stream_name,
-                                   settings.lock_wait_seconds, purpose="sync"):
+            if not state.lock_is_free(conn, warehouse.schema, domain, stream_name, "sync"):
+                log.info("reset %s [%s]: waiting (up to %.0fs) for the running sync of %s to "
+                         "finish", stream_name, domain, wait, stream_name)
+            with state.stream_lock(conn, warehouse.schema, domain, stream_name, wait,
+                                   purpose="sync"):
                 deleted += state.delete_checkpoints(conn, warehouse.schema, domain, [stream_name])
     return deleted

@@ -96,3 +96,44 @@ def test_simulate_serves_hq_until_stopped():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_status_only_reads_and_says_when_there_is_nothing(sim, schema, pg_url):
+    import psycopg
+
+    env = cli_env(sim.base_url, schema, pg_url)
+    result = run_cli(["status"], env)
+    assert result.returncode == 0, result.stderr
+    assert "no commcare-etl tables" in result.stdout
+    with psycopg.connect(pg_url) as conn:
+        exists = conn.execute("select count(*) from pg_namespace where nspname = %s", (schema,))
+        assert exists.fetchone()[0] == 0  # status created nothing
+
+
+def test_reset_waits_for_a_running_sync_then_forgets_the_checkpoint(sim, schema, pg_url, db):
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+
+    env = cli_env(sim.base_url, schema, pg_url)
+    assert run_cli(["sync", "--stream", "cases"], env).returncode == 0
+    holder = psycopg.connect(pg_url, autocommit=True)  # a sync of cases, as far as locks go
+    holder.execute("select pg_advisory_lock(hashtext(%s))",
+                   (f"commcare-etl:{schema}:demo:cases:sync",))
+    try:
+        quick = run_cli(["reset", "--resource", "cases", "--wait", "0.5"], env)
+        assert quick.returncode == 4, quick.stderr
+        proc = subprocess.Popen([sys.executable, "-m", "etl", "reset", "--resource", "cases",
+                                 "--wait", "30"], env=env, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert proc.poll() is None  # still waiting
+    finally:
+        holder.close()
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "waiting" in stderr
+    left = db.execute(f"select count(*) from \"{schema}\".sync_checkpoints "
+                      f"where stream = 'cases'").fetchone()[0]
+    assert left == 0

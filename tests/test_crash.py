@@ -12,7 +12,7 @@ import time
 import psycopg
 
 from tests.conftest import cli_env, run_cli
-from tests.matching import assert_cases_match, assert_warehouse_matches
+from tests.matching import assert_cases_match, assert_warehouse_matches, follow_up_forms
 
 
 def _start_sync(env: dict[str, str]) -> subprocess.Popen:
@@ -113,7 +113,7 @@ def test_twenty_plus_random_sigkills_then_the_warehouse_equals_hq(sim_factory, s
             ids = sorted(sim.snapshot("demo", "case"))
             sim.update_cases("demo", rng.sample(ids, 10), {"attempt": str(attempt)})
             sim.close_cases("demo", rng.sample(ids, 2))
-            sim.archive_forms("demo", rng.sample(sorted(sim.snapshot("demo", "form")), 2))
+            sim.archive_forms("demo", rng.sample(follow_up_forms(sim), 2))
             sim.add_cases("demo", 5)
     assert kills >= 20, f"only {kills} runs were killed mid-run"
     result = run_cli(["sync"], env)
@@ -143,6 +143,28 @@ def test_sigterm_stops_cleanly_exits_130_and_says_so(sim_factory, schema, pg_url
     sim.faults.clear()
     assert run_cli(["sync"], env).returncode == 0
     assert_cases_match(db, schema, sim)  # the next run completes the stream
+
+
+def test_sigterm_stops_a_parallel_run_as_a_sequential_one(sim_factory, schema, pg_url, db):
+    sim = sim_factory(n_cases=400)
+    sim.faults.add("slow", count=1000, after=4, delay=0.3)
+    env = cli_env(sim.base_url, schema, pg_url, CASE_PAGE_SIZE="20", FORM_PAGE_SIZE="20",
+                  STREAMS="cases,forms", PARALLEL_STREAMS="2")
+    proc = subprocess.Popen([sys.executable, "-m", "etl", "sync"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while _pages_committed(pg_url, schema) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr[-1500:]
+    assert time.monotonic() - signalled < 15
+    statuses = sorted(r[0] for r in db.execute(f'select status from "{schema}".sync_runs'))
+    assert statuses == ["interrupted", "interrupted"], statuses
+    sim.faults.clear()
+    assert run_cli(["sync"], env).returncode == 0
+    assert_warehouse_matches(db, schema, sim)
 
 
 def test_sigkill_of_a_parallel_run_leaves_no_worker_behind(sim_factory, schema, pg_url, db):

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from etl import state
-from etl.errors import AuthError, ExitCode, HQError
+from etl.errors import AuthError, ExitCode, HQError, HQUnreachable
 from etl.extract.client import HQClient
 from etl.sync import make_client, run_sync, sync_stream
 from tests.conftest import KEY, USER, cli_env, make_settings, run_cli
@@ -129,3 +129,64 @@ def test_random_faults_under_load_still_converge(sim_factory, schema, pg_url, wa
     sim.faults.clear()
     assert all(r.status == "ok" for r in reports), [r.error for r in reports]
     assert_warehouse_matches(db, schema, sim)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_hq_that_cannot_be_reached_at_all_fails_soon_naming_the_url():
+    url = f"http://127.0.0.1:{_closed_port()}"
+    client = HQClient(url, USER, KEY, retry_max_seconds=900, retry_initial_wait=0.01,
+                      retry_max_wait=0.05, unreachable_max_seconds=1.0)
+    started = time.monotonic()
+    with pytest.raises(HQUnreachable) as caught:
+        client.get_json(CASE_LIST)
+    assert time.monotonic() - started < 3
+    assert url in str(caught.value) and "COMMCARE_BASE_URL" in str(caught.value)
+    # The rest of the run learns it at once instead of waiting again.
+    started = time.monotonic()
+    with pytest.raises(HQUnreachable):
+        client.get_json(CASE_LIST)
+    assert time.monotonic() - started < 0.5
+
+
+def test_an_hq_that_answered_before_gets_the_whole_retry_budget(sim):
+    client = _client(sim, retry_max_seconds=2.0, unreachable_max_seconds=0.2)
+    client.get_json(CASE_LIST, {"limit": 1})
+    sim.faults.add("503", count=10_000, resource="case")
+    started = time.monotonic()
+    with pytest.raises(HQError, match="HQ kept failing"):
+        client.get_json(CASE_LIST, {"limit": 1})
+    assert time.monotonic() - started > 1.0
+
+
+def test_cli_with_a_wrong_base_url_fails_within_the_unreachable_budget(schema, pg_url):
+    env = cli_env(f"http://127.0.0.1:{_closed_port()}", schema, pg_url, RETRY_MAX_SECONDS="900",
+                  UNREACHABLE_RETRY_SECONDS="1")
+    started = time.monotonic()
+    result = run_cli(["sync"], env)
+    assert time.monotonic() - started < 30
+    assert result.returncode == ExitCode.FAILURE
+    last = result.stderr.strip().splitlines()[-1]
+    assert "cannot reach CommCare HQ" in last and "COMMCARE_BASE_URL" in last
+
+
+def test_hqs_401_api_access_cut_off_is_rate_limiting_and_is_retried(sim):
+    sim.faults.add("401-throttled", count=2, resource="case")
+    client = _client(sim)
+    doc = client.get_json(CASE_LIST, {"limit": 2})
+    assert len(doc.data["objects"]) == 2 and client.requests_made == 3
+
+
+def test_202_is_retried_after_its_retry_after(sim):
+    sim.faults.add("202", count=1, resource="case", retry_after=1)
+    client = _client(sim)
+    started = time.monotonic()
+    doc = client.get_json(CASE_LIST, {"limit": 2})
+    assert time.monotonic() - started >= 0.95
+    assert len(doc.data["objects"]) == 2 and client.requests_made == 2

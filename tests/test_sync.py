@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import datetime, timezone
 
@@ -11,7 +12,8 @@ from etl import state
 from etl.dates import parse_hq_datetime, truncate_ms
 from etl.sync import run_sync, sync_stream
 from tests.conftest import make_settings
-from tests.matching import assert_cases_match, assert_forms_match, assert_warehouse_matches
+from tests.matching import (assert_cases_match, assert_forms_match, assert_warehouse_matches,
+                            follow_up_forms)
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
 
@@ -41,7 +43,7 @@ def test_incremental_sync_picks_up_changes_and_reads_only_new_pages(sim, setting
     sim.update_cases("demo", ids[:5], {"colour": "blue"})
     sim.close_cases("demo", ids[5:7])
     new_cases = sim.add_cases("demo", 4)
-    form_ids = sorted(sim.snapshot("demo", "form"))
+    form_ids = follow_up_forms(sim)
     sim.archive_forms("demo", form_ids[:2])
     sim.clear_requests()
 
@@ -165,3 +167,23 @@ def test_a_record_that_cannot_be_loaded_goes_to_dead_letters_and_the_run_says_so
     snapshot_ids = set(sim.snapshot("demo", "case")) - {"broken-1"}
     loaded = {r[0] for r in db.execute(f'select case_id from "{warehouse.schema}".cases')}
     assert loaded == snapshot_ids  # every other record of that page still loaded
+
+
+def test_archiving_a_form_rebuilds_its_cases_and_the_warehouse_follows(sim, settings, warehouse, db):
+    case_id = sorted(sim.snapshot("demo", "case"))[0]
+    sim.update_cases("demo", [case_id], {"colour": "red"})
+    run_sync(settings, warehouse)
+    sim.update_cases("demo", [case_id], {"colour": "blue"})
+    run_sync(settings, warehouse)
+    blue = next(f for f in follow_up_forms(sim)
+                if case_id in json.dumps(sim.snapshot("demo", "form")[f]) and "blue" in
+                json.dumps(sim.snapshot("demo", "form")[f]))
+    sim.archive_forms("demo", [blue])  # HQ rebuilds the case from its other forms
+    run_sync(settings, warehouse)
+    colour = f'select properties->>\'colour\' from "{warehouse.schema}".cases where case_id = %s'
+    assert db.execute(colour, (case_id,)).fetchone() == ("red",)
+    assert_warehouse_matches(db, warehouse.schema, sim)
+    sim.unarchive_forms("demo", [blue])
+    run_sync(settings, warehouse)
+    assert db.execute(colour, (case_id,)).fetchone() == ("blue",)
+    assert_warehouse_matches(db, warehouse.schema, sim)

@@ -22,7 +22,7 @@ import tenacity
 from requests.adapters import HTTPAdapter
 
 from etl import __version__, jsonutil
-from etl.errors import AuthError, HQError, HQRequestRejected, MalformedResponse
+from etl.errors import AuthError, HQError, HQRequestRejected, HQUnreachable, MalformedResponse
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,21 @@ class JsonDocument:
 
 
 class _Retryable(Exception):
-    """A failure worth another try; carries the server's Retry-After, if any."""
+    """A failure worth another try; carries the server's Retry-After, if any.
 
-    def __init__(self, message: str, retry_after: float | None = None):
+    `unreached` marks a failure to reach HQ at all (refused, DNS, connect time-out): before HQ
+    has answered once in this run, those get a short budget, since a wrong COMMCARE_BASE_URL
+    or a machine without a route to HQ will not heal in 15 minutes.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None, unreached: bool = False):
         super().__init__(message)
         self.retry_after = retry_after
+        self.unreached = unreached
+
+
+# HQ's API_BLACKLIST answers 401 with this, meaning "too many requests", not bad credentials.
+_THROTTLED_401 = re.compile(r"temporarily cut off|too many requests", re.IGNORECASE)
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -80,6 +90,7 @@ class HQClient:
         retry_max_seconds: float = 900.0,
         retry_initial_wait: float = 2.0,
         retry_max_wait: float = 120.0,
+        unreachable_max_seconds: float = 45.0,
     ):
         self.base_url = base_url.rstrip("/")
         self.username = username
@@ -87,6 +98,9 @@ class HQClient:
         self.retry_max_seconds = retry_max_seconds
         self.retry_initial_wait = retry_initial_wait
         self.retry_max_wait = retry_max_wait
+        self.unreachable_max_seconds = unreachable_max_seconds
+        self.connect_timeout = min(timeout, 15.0)
+        self.answered = False  # has HQ answered anything (any status) in this run?
         self.requests_made = 0
         self.session = requests.Session()
         self.session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=4))
@@ -116,10 +130,16 @@ class HQClient:
                           self.retry_initial_wait * 2 ** (retry_state.attempt_number - 1))
             return backoff * random.uniform(0.5, 1.0) if jitter else backoff
 
+        def budget(retry_state: tenacity.RetryCallState) -> float:
+            exc = retry_state.outcome.exception() if retry_state.outcome else None
+            if isinstance(exc, _Retryable) and exc.unreached and not self.answered:
+                return min(self.retry_max_seconds, self.unreachable_max_seconds)
+            return self.retry_max_seconds
+
         def stop(retry_state: tenacity.RetryCallState) -> bool:
             # Stop when the next wait would carry us past the total budget.
             elapsed = time.monotonic() - started
-            return elapsed + delay(retry_state, jitter=False) > self.retry_max_seconds
+            return elapsed + delay(retry_state, jitter=False) > budget(retry_state)
 
         def before_sleep(retry_state: tenacity.RetryCallState) -> None:
             exc = retry_state.outcome.exception() if retry_state.outcome else None
@@ -143,6 +163,14 @@ class HQClient:
             return retrying(attempt)
         except _Retryable as exc:
             elapsed = time.monotonic() - started
+            if exc.unreached and not self.answered:
+                # Later requests of this run need not wait as long again to learn the same.
+                self.unreachable_max_seconds = 0.0
+                raise HQUnreachable(
+                    f"cannot reach CommCare HQ at {self.base_url}: GET {url} failed {attempts} "
+                    f"time(s) over {elapsed:.0f}s; last error: {exc}. Check COMMCARE_BASE_URL "
+                    f"(e.g. https://www.commcarehq.org or https://india.commcarehq.org), and "
+                    f"this machine's network, DNS and proxy settings.", url=url) from None
             raise HQError(
                 f"HQ kept failing: GET {url} failed {attempts} time(s) over {elapsed:.0f}s; "
                 f"last error: {exc}. The checkpoint stays at the last loaded page; run again "
@@ -153,7 +181,19 @@ class HQClient:
     def _get_once(self, url: str, params: Mapping[str, Any] | None) -> JsonDocument:
         self.requests_made += 1
         try:
-            response = self.session.get(url, params=params, timeout=self.timeout)
+            response = self.session.get(url, params=params, stream=True,
+                                        timeout=(self.connect_timeout, self.timeout))
+        except requests.ConnectTimeout as exc:
+            raise _Retryable(f"no connection within {self.connect_timeout:g}s "
+                             f"({type(exc).__name__})", unreached=True) from None
+        except requests.Timeout as exc:
+            raise _Retryable(f"no answer within {self.timeout:g}s ({type(exc).__name__})") from None
+        except requests.ConnectionError as exc:  # refused, unresolvable, reset before answering
+            raise _Retryable(f"connection error: {exc}", unreached=True) from None
+        except requests.RequestException as exc:
+            raise _Retryable(f"connection error: {exc}") from None
+        self.answered = True
+        try:
             raw = response.content  # reads the whole body: a dropped connection raises here
         except requests.Timeout as exc:
             raise _Retryable(f"no answer within {self.timeout:g}s ({type(exc).__name__})") from None
@@ -161,12 +201,14 @@ class HQClient:
             raise _Retryable(f"connection error: {exc}") from None
         full_url = response.url
         status = response.status_code
+        retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+        if status == 401 and _THROTTLED_401.search(_error_text(response)):
+            raise _Retryable(f"HTTP 401, rate limited: {_error_text(response)}",
+                             retry_after=retry_after)
         if status in (401, 403):
             raise self._auth_error(response, full_url)
         if status in RETRY_STATUSES or status >= 500:
-            raise _Retryable(
-                f"HTTP {status}", retry_after=_parse_retry_after(response.headers.get("Retry-After"))
-            )
+            raise _Retryable(f"HTTP {status}", retry_after=retry_after)
         if status == 404:
             raise HQRequestRejected(
                 f"HQ answered 404 Not Found for {full_url}: check COMMCARE_BASE_URL and "
@@ -179,8 +221,8 @@ class HQClient:
                 f"(GET {full_url})",
                 url=full_url, status=status,
             )
-        if status != 200:
-            raise _Retryable(f"unexpected HTTP {status}")
+        if status != 200:  # e.g. 202 "not ready yet, come back after Retry-After"
+            raise _Retryable(f"HTTP {status} (not ready)", retry_after=retry_after)
         try:
             data = jsonutil.loads(raw)
         except ValueError as exc:

@@ -6,7 +6,10 @@ record (it may re-read a few, which the upsert absorbs).
 
 Cursor shapes (stored as JSON in `sync_checkpoints.cursor`):
   v0.5  {"indexed_on": ISO}                       next request: indexed_on_start=<that>
-        {"indexed_on": ISO, "tie_offset": N}       inside a run of records sharing one indexed_on
+        {"indexed_on": ISO, "tie": [{"key": K, "from": ISO}, ...]}
+                                                   inside a millisecond holding more than a page:
+                                                   read by key K from that value on (a second
+                                                   entry: inside K's millisecond, by the next key)
   v2    {"indexed_on": ISO, "next": URL}           mid-run: follow HQ's keyset cursor
         {"indexed_on": ISO}                        between runs: start at that watermark
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 from etl.dates import ONE_MS, format_iso, format_v05, parse_hq_datetime, truncate_ms
 from etl.errors import HQError
@@ -37,11 +40,16 @@ class Page:
 
 @dataclass
 class Window:
-    """Where a read starts and ends (both inclusive, None = open)."""
+    """Where a read starts and ends (both inclusive, None = open).
+
+    `tie` is set when the read resumes inside one millisecond of `indexed_on` that holds more
+    records than a page: the position within it, one entry per secondary key (see
+    `IndexedOnStream`); an empty list re-reads the whole millisecond.
+    """
 
     start: datetime | None = None
     end: datetime | None = None
-    tie_offset: int = 0
+    tie: list[dict] | None = None
     next_url: str | None = None
 
     @classmethod
@@ -49,11 +57,14 @@ class Window:
                     lookback: timedelta = timedelta(0)) -> "Window":
         cursor = cursor or {}
         start = parse_hq_datetime(cursor.get("indexed_on"))
-        tie_offset = int(cursor.get("tie_offset") or 0)
+        tie = cursor.get("tie")
+        if tie is None and "tie_offset" in cursor:
+            tie = []  # an offset saved by an older version: read that millisecond again whole
         next_url = cursor.get("next")
-        if start is not None and lookback and not tie_offset and not next_url:
+        if start is not None and lookback and tie is None and not next_url:
             start -= lookback
-        return cls(start=start, end=end, tie_offset=tie_offset, next_url=next_url)
+        return cls(start=start, end=end, tie=list(tie) if tie is not None else None,
+                   next_url=next_url)
 
 
 @dataclass
@@ -80,27 +91,42 @@ class Stream:
         raise NotImplementedError
 
 
-def _stamp(record: dict) -> datetime | None:
-    moment = parse_hq_datetime(record.get("indexed_on"))
+def _stamp(record: dict, key: str = "indexed_on") -> datetime | None:
+    moment = parse_hq_datetime(record.get(key)) if isinstance(record, dict) else None
     return truncate_ms(moment) if moment else None
 
 
 class IndexedOnStream(Stream):
     """Tastypie v0.5 resources paged by `indexed_on_start` (inclusive), sorted by indexed_on.
 
-    HQ has no tie-break on equal `indexed_on`, so a page full of one value would come back
-    again and again. When a whole page shares one millisecond we read that millisecond on its
-    own, by offset, then step past it; resuming inside it uses the saved offset. No request is
-    ever repeated and no record in the tie is skipped.
+    HQ has no tie-break on equal `indexed_on`, and its search index keeps several copies of each
+    shard that order equal values differently, so offset paging inside one millisecond can see
+    a different order on every request. A millisecond that fills a page is therefore read by a
+    second key HQ can filter and sort on (`tie_keys`, e.g. the server's modification time),
+    keyset-style: sort by it, then ask again from the last value seen. Where a whole page shares
+    that value too, the next key splits it, and so on; only a slice that no key splits is read
+    by offset, and then re-read until the distinct ids reach HQ's count. A tie counts as read
+    once the distinct ids read in it reach HQ's count for that millisecond; the checkpoint never
+    moves past one that was not, and the run fails naming it.
     """
 
-    def _params(self, start: datetime | None, end: datetime | None, offset: int = 0) -> dict:
-        params: dict[str, Any] = {"order_by": "indexed_on", "limit": self.page_size}
+    tie_keys: ClassVar[tuple[str, ...]] = ()
+    tie_passes: ClassVar[int] = 4  # offset re-reads of a slice no key can split, at the most
+
+    def _params(self, start: datetime | None, end: datetime | None, *, order_by: str = "indexed_on",
+                bounds: dict[str, tuple[datetime, datetime]] | None = None, offset: int = 0,
+                limit: int | None = None) -> dict:
+        params: dict[str, Any] = {"order_by": order_by, "limit": limit or self.page_size}
         params.update(self.extra_params)
         if start is not None:
             params["indexed_on_start"] = format_v05(start)
         if end is not None:
             params["indexed_on_end"] = format_v05(end)
+        for key, (low, high) in (bounds or {}).items():
+            if low is not None:
+                params[f"{key}_start"] = format_v05(low)
+            if high is not None:
+                params[f"{key}_end"] = format_v05(high)
         if offset:
             params["offset"] = offset
         return params
@@ -116,8 +142,8 @@ class IndexedOnStream(Stream):
 
     def pages(self, window: Window) -> Iterator[Page]:
         start, end = window.start, window.end
-        if window.tie_offset and start is not None:
-            yield from self._tie_pages(truncate_ms(start), window.tie_offset, end)
+        if window.tie is not None and start is not None:
+            yield from self._tie_pages(truncate_ms(start), end, window.tie)
             start = truncate_ms(start) + ONE_MS
         high_water = start
         while True:
@@ -131,9 +157,9 @@ class IndexedOnStream(Stream):
                 return
             first, last = stamps[0] if stamps else None, stamps[-1] if stamps else None
             if first is not None and first == last:
-                # A whole page in one millisecond: read that millisecond by itself.
-                yield Page(objects, self._cursor(first, tie_offset=0), doc.needs_cleaning, doc.url)
-                yield from self._tie_pages(first, 0, end)
+                # A whole page in one millisecond: read that millisecond by itself. This page's
+                # records are part of it, so it is not loaded on its own.
+                yield from self._tie_pages(first, end, [])
                 start = first + ONE_MS
             else:
                 if last is None or (start is not None and last <= truncate_ms(start)):
@@ -143,30 +169,162 @@ class IndexedOnStream(Stream):
                 yield Page(objects, self._cursor(last), doc.needs_cleaning, doc.url)
                 start = last
 
-    def _tie_pages(self, moment: datetime, offset: int, end: datetime | None) -> Iterator[Page]:
+    # --- one millisecond holding more than a page ---------------------------------------------
+
+    def _tie_pages(self, moment: datetime, end: datetime | None,
+                   resume: list[dict]) -> Iterator[Page]:
         # The bounds cover the whole millisecond, whether HQ compares at ms or µs precision.
         upper = moment + _REST_OF_MS
         if end is not None and end < upper:
             upper = end
-        log.info("%s: a full page of records shares indexed_on %s; reading that millisecond "
-                 "by offset", self.name, format_iso(moment))
+        # Resumed part-way, the ids read before are unknown: the count cannot be checked.
+        tie = _Tie(moment, upper, self.primary_key, verify=not resume)
+        log.info("%s: more than a page of records shares indexed_on %s; reading that "
+                 "millisecond by %s", self.name, format_iso(moment),
+                 ", then ".join(self.tie_keys) or "offset")
+        after = self._cursor(moment + ONE_MS)
+        # Until the count is checked, a crash re-reads the whole millisecond.
+        unchecked = self._tie_cursor(tie, [])
+        yield from self._slice(tie, {}, 0, [], resume,
+                               lambda: after if tie.complete() else unchecked)
+        if not tie.complete():
+            yield from self._verify_tie(tie, after)
+
+    def _slice(self, tie: "_Tie", bounds: dict, level: int, path: list[dict],
+               resume: list[dict], done: Callable[[], dict]) -> Iterator[Page]:
+        """Every record of the tie within `bounds` (equality slices of the earlier keys).
+        `done()` is the cursor to save once the slice is read: where its parent goes on."""
+        if level == len(self.tie_keys):
+            yield from self._offset_slice(tie, bounds, path, done)
+            return
+        key = self.tie_keys[level]
+        start = parse_hq_datetime(resume[0].get("from")) if resume else None
+        if start is not None and len(resume) > 1:  # we stopped inside the slice key == start
+            yield from self._split(tie, bounds, level, path, key, start, resume[1:])
+            start += ONE_MS
         while True:
-            objects, meta, doc = self._fetch(self._params(moment, upper, offset))
-            offset += len(objects)
-            total = meta.get("total_count")
-            done = not objects or meta.get("next") is None or (
-                isinstance(total, int) and offset >= total)
-            cursor = self._cursor(moment + ONE_MS) if done else self._cursor(moment, offset)
-            yield Page(objects, cursor, doc.needs_cleaning, doc.url)
-            if done:
+            objects, meta, doc = self._fetch(self._params(
+                tie.moment, tie.upper, order_by=key, bounds={**bounds, key: (start, None)}))
+            tie.see(objects, meta)
+            if not objects or meta.get("next") is None:
+                yield Page(objects, done(), doc.needs_cleaning, doc.url)
                 return
+            values = [_stamp(o, key) for o in objects]
+            if None in values:  # cannot page by a key some records lack
+                yield Page(objects, self._tie_cursor(tie, path), doc.needs_cleaning, doc.url)
+                yield from self._offset_slice(tie, bounds, path, done)
+                return
+            first, last = values[0], values[-1]
+            if first == last:
+                # A whole page shares this key's millisecond too: split it by the next key.
+                yield Page(objects, self._tie_cursor(tie, path + [_position(key, first)]),
+                           doc.needs_cleaning, doc.url)
+                yield from self._split(tie, bounds, level, path, key, first, [])
+                start = first + ONE_MS
+            else:
+                if start is not None and last < start:
+                    raise HQError(f"HQ's {self.path} list is not sorted by {key} ({doc.url}); "
+                                  f"cannot page through it safely", url=doc.url)
+                yield Page(objects, self._tie_cursor(tie, path + [_position(key, last)]),
+                           doc.needs_cleaning, doc.url)
+                start = last
+
+    def _split(self, tie: "_Tie", bounds: dict, level: int, path: list[dict], key: str,
+               value: datetime, resume: list[dict]) -> Iterator[Page]:
+        """The records whose `key` falls in `value`'s millisecond, by the next key."""
+        then = self._tie_cursor(tie, path + [_position(key, value + ONE_MS)])
+        yield from self._slice(tie, {**bounds, key: (value, value + _REST_OF_MS)}, level + 1,
+                               path + [_position(key, value)], resume, lambda: then)
+
+    def _offset_slice(self, tie: "_Tie", bounds: dict, path: list[dict],
+                      done: Callable[[], dict]) -> Iterator[Page]:
+        """A slice no key splits: read it by offset, then again in other orders, until the
+        distinct ids read reach HQ's count of the slice (its copies may order it differently)."""
+        orders = ["indexed_on", "-indexed_on", *(f"-{k}" for k in self.tie_keys), *self.tie_keys]
+        ids: set[str] = set()
+        total = None
+        for order_by in orders[:self.tie_passes]:
+            offset = 0
+            while True:
+                objects, meta, doc = self._fetch(self._params(
+                    tie.moment, tie.upper, order_by=order_by, bounds=bounds, offset=offset))
+                tie.see(objects, meta)
+                ids.update(_ids(objects, self.primary_key))
+                if isinstance(meta.get("total_count"), int):
+                    total = meta["total_count"]
+                offset += len(objects)
+                finished = not objects or meta.get("next") is None
+                complete = total is not None and len(ids) >= total
+                yield Page(objects, done() if finished and complete else self._tie_cursor(tie, path),
+                           doc.needs_cleaning, doc.url)
+                if finished:
+                    break
+            if total is not None and len(ids) >= total:
+                return
+        raise self._incomplete(tie, len(ids), total)
+
+    def _verify_tie(self, tie: "_Tie", after: dict) -> Iterator[Page]:
+        """Fewer distinct ids than HQ counted at the start: some may have left the millisecond
+        since (re-indexed later, so read later in this run); others may be missing. Ask again."""
+        _, meta, doc = self._fetch(self._params(tie.moment, tie.upper, limit=1))
+        now = meta.get("total_count")
+        if isinstance(now, int) and len(tie.seen) >= now:
+            yield Page([], after, False, doc.url)
+            return
+        log.warning("%s: read %d distinct records at indexed_on %s, HQ counts %s; re-reading "
+                    "that millisecond by offset", self.name, len(tie.seen), format_iso(tie.moment),
+                    now)
+        yield from self._offset_slice(tie, {}, [], lambda: after)
+
+    def _incomplete(self, tie: "_Tie", read: int, total: int | None) -> HQError:
+        return HQError(
+            f"could not read every {self.name} record at indexed_on {format_iso(tie.moment)}: "
+            f"HQ counts {total}, {read} distinct ones came back over {self.tie_passes} passes "
+            f"(its search copies disagree on their order). The checkpoint stays before that "
+            f"millisecond; run again, and report it to Dimagi if it persists.")
+
+    def _tie_cursor(self, tie: "_Tie", path: list[dict]) -> dict[str, Any]:
+        return {"indexed_on": format_iso(tie.moment), "tie": path}
 
     @staticmethod
-    def _cursor(moment: datetime | None, tie_offset: int | None = None) -> dict[str, Any]:
-        cursor: dict[str, Any] = {"indexed_on": format_iso(moment) if moment else None}
-        if tie_offset is not None:
-            cursor["tie_offset"] = tie_offset
-        return cursor
+    def _cursor(moment: datetime | None) -> dict[str, Any]:
+        return {"indexed_on": format_iso(moment) if moment else None}
+
+
+@dataclass
+class _Tie:
+    """One millisecond of `indexed_on` being read, and the distinct ids read in it so far."""
+
+    moment: datetime
+    upper: datetime
+    primary_key: str
+    verify: bool
+    expected: int | None = None  # HQ's count of the whole millisecond, from its first request
+    seen: set[str] = field(default_factory=set)
+    asked: bool = False
+
+    def see(self, objects: list, meta: dict) -> None:
+        if not self.asked:
+            self.asked = True
+            total = meta.get("total_count")
+            self.expected = total if isinstance(total, int) else None
+        if self.verify:
+            self.seen.update(_ids(objects, self.primary_key))
+
+    def complete(self) -> bool:
+        return not self.verify or self.expected is None or len(self.seen) >= self.expected
+
+
+def _ids(objects: list, primary_key: str) -> Iterator[str]:
+    for o in objects:
+        if isinstance(o, dict):
+            value = o.get(primary_key) or o.get("id")
+            if value is not None:
+                yield str(value)
+
+
+def _position(key: str, value: datetime) -> dict[str, str]:
+    return {"key": key, "from": format_iso(value)}
 
 
 class CaseStream(IndexedOnStream):
@@ -175,6 +333,7 @@ class CaseStream(IndexedOnStream):
     name = "cases"
     path = "v0.5/case/"
     primary_key = "case_id"
+    tie_keys = ("server_date_modified", "date_modified")
 
 
 class FormStream(IndexedOnStream):
@@ -183,6 +342,7 @@ class FormStream(IndexedOnStream):
     name = "forms"
     path = "v0.5/form/"
     extra_params = {"include_archived": "true"}
+    tie_keys = ("received_on", "server_modified_on")
 
 
 class CaseStreamV2(Stream):
@@ -191,6 +351,8 @@ class CaseStreamV2(Stream):
     name = "cases"
     path = "case/v2/"
     primary_key = "case_id"
+    # `cases` columns only v0.5 fills: after a switch from v0.5 they keep their values.
+    unknown_columns = ("user_id", "opened_by", "closed_by", "server_date_opened", "xform_ids")
 
     def pages(self, window: Window) -> Iterator[Page]:
         start = window.start
@@ -199,7 +361,9 @@ class CaseStreamV2(Stream):
             url, params = window.next_url, None
         else:
             url = self.list_path
-            params: dict[str, Any] | None = {"limit": self.page_size}
+            # Cases of case types deprecated in the data dictionary are still data: HQ leaves
+            # them out of v2 lists unless asked.
+            params: dict[str, Any] | None = {"limit": self.page_size, "include_deprecated": "true"}
             if start is not None:
                 params["indexed_on.gte"] = format_iso(start)
             if window.end is not None:

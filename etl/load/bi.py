@@ -24,12 +24,18 @@ from etl.transform.naming import NameAllocator, identifier, path_identifier_base
 
 log = logging.getLogger(__name__)
 
-# Columns per table are capped below PostgreSQL's 1,600; what does not fit stays in the jsonb.
-MAX_COLUMNS = 1500
+# PostgreSQL keeps a row within one 8 KB page (8,160 bytes) and moves a value out of the row
+# only when it is longer than a TOAST pointer (24 bytes with alignment): a row of N short
+# values can take ~24·N bytes that nothing can shrink. 300 such values per physical table stay
+# under the limit with room for the key columns; more columns go to continuation tables
+# `<table>__part2`, `__part3`, … joined on the same key (and 300 stays far below PostgreSQL's
+# 1,600 columns per table).
+MAX_PART_COLUMNS = 300
+DEFAULT_DDL_LOCK_TIMEOUT = 3.0  # seconds a schema change may wait for a BI user's lock
 BASE_TABLES = frozenset({
     "cases", "case_indices", "forms", "sync_checkpoints", "dead_letters", "sync_runs",
     "catalog_tables", "catalog_columns", "form_case_actions", "apps", "app_modules",
-    "app_case_properties", "app_forms", "app_questions", "alembic_version",
+    "app_case_properties", "app_forms", "app_questions", "alembic_version", "bi_pending",
 })
 CASE_FIXED = (
     ("domain", "text not null"), ("case_id", "text not null"), ("case_type", "text"),
@@ -50,11 +56,15 @@ REPEAT_FIXED = (
     ("domain", "text not null"), ("form_id", "text not null"), ("row_key", "text not null"),
     ("parent_key", "text"), ("position", "integer not null"),
 )
+# The key columns come first in each FIXED tuple: a continuation row is a prefix plus values.
 KEYS = {"case_type": ("domain", "case_id"), "form": ("domain", "form_id"),
         "repeat": ("domain", "form_id", "row_key")}
 FIXED = {"case_type": CASE_FIXED, "form": FORM_FIXED, "repeat": REPEAT_FIXED}
+PART, TYPED_VIEW = "part", "typed_view"  # catalog_tables kinds besides the FIXED ones
 TYPED_QUESTIONS = {"Int": "try_numeric", "Decimal": "try_numeric", "Double": "try_numeric",
                    "Long": "try_numeric", "Date": "try_date", "DateTime": "try_timestamptz"}
+CAST_TYPES = {"try_numeric": "numeric", "try_date": "date",
+              "try_timestamptz": "timestamp with time zone"}
 
 
 def ddl_lock(conn: psycopg.Connection, schema: str) -> None:
@@ -62,12 +72,42 @@ def ddl_lock(conn: psycopg.Connection, schema: str) -> None:
     conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (f"commcare-etl:ddl:{schema}",))
 
 
+def guarded_ddl(conn: psycopg.Connection, statements: list[sql.Composable],
+                timeout: float) -> bool:
+    """Run schema changes that need a table's exclusive lock, waiting at most `timeout` for it.
+
+    A BI user's open transaction holds a lock on the tables it read; an `ALTER TABLE` waiting
+    behind it would also make every later query on that table queue behind the ALTER. So the
+    wait is bounded, and on time-out the changes are rolled back (to a savepoint: the page's
+    transaction goes on) and False is returned: the caller retries them on a later run.
+    """
+    conn.execute(sql.SQL("set local lock_timeout = {}").format(
+        sql.Literal(f"{max(1, int(timeout * 1000))}ms")))
+    try:
+        with conn.transaction():
+            for statement in statements:
+                conn.execute(statement)
+        return True
+    except psycopg.errors.LockNotAvailable:
+        return False
+    finally:
+        conn.execute("set local lock_timeout to default")
+
+
 @dataclass
 class TableInfo:
+    """One generated table as a BI user sees it: the main table and its continuations."""
+
     name: str
     key: tuple[str, str]  # (source kind, source name)
-    columns: NameAllocator  # column -> original path
-    column_count: int
+    columns: NameAllocator  # every dynamic column, in whichever part -> original path
+    parts: list[str]  # the main table first, then `<name>__part2`, …
+    counts: dict[str, int]  # physical table -> dynamic columns in it
+    home: dict[str, str]  # dynamic column -> the physical table holding it
+
+    @property
+    def kind(self) -> str:
+        return self.key[0]
 
 
 @dataclass
@@ -76,33 +116,72 @@ class Catalog:
 
     conn: psycopg.Connection
     schema: str
+    lock_timeout: float = DEFAULT_DDL_LOCK_TIMEOUT
     tables: dict[tuple[str, str], TableInfo] = field(default_factory=dict)
     table_names: NameAllocator | None = None
+    views: dict[str, str] = field(default_factory=dict)  # table -> its typed view
+    typed: dict[str, dict[str, str]] = field(default_factory=dict)  # table -> column -> cast
     labels: dict[tuple[str, str], tuple[str | None, str | None]] = field(default_factory=dict)
     form_names: dict[str, str] = field(default_factory=dict)
     locked: bool = False
+    # This transaction: physical tables whose DDL timed out (retried next run) and the tables
+    # that gained columns; committed, the latter move to `changed` (their typed views follow).
+    busy: set[str] = field(default_factory=set)
+    adding: set[str] = field(default_factory=set)
+    changed: set[str] = field(default_factory=set)
+    retyping: set[tuple[str, str]] = field(default_factory=set)  # (table, column): type changed
+    retyped: set[tuple[str, str]] = field(default_factory=set)
+    relations: dict[str, str] = field(default_factory=dict)  # what the schema holds: name -> kind
+    unparsed: dict[tuple[str, str], int] = field(default_factory=dict)  # this transaction
+    unparsed_run: dict[tuple[str, str], int] = field(default_factory=dict)  # committed
 
     def t(self, name: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(name))
 
+    @property
+    def deferred(self) -> bool:
+        return bool(self.busy)
+
     def load(self) -> None:
         self.tables.clear()
-        owners = {}
+        self.views.clear()
+        owners: dict[str, str] = {}
         rows = self.conn.execute(sql.SQL(
-            "select table_name, source_kind, source_name from {}").format(
+            "select table_name, source_kind, source_name, parent_table from {}").format(
             self.t("catalog_tables"))).fetchall()
         columns: dict[str, dict[str, str]] = defaultdict(dict)
-        for table, column, path in self.conn.execute(sql.SQL(
-                "select table_name, column_name, original_path from {}").format(
+        self.typed = defaultdict(dict)
+        for table, column, path, qtype in self.conn.execute(sql.SQL(
+                "select table_name, column_name, original_path, data_type from {}").format(
                 self.t("catalog_columns"))):
             columns[table][column] = path
-        for table, kind, source in rows:
+            if qtype in TYPED_QUESTIONS:
+                self.typed[table][column] = TYPED_QUESTIONS[qtype]
+        parts: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for table, kind, source, parent in rows:
             owners[table] = f"{kind}:{source}"
+            if kind == PART:
+                parts[parent].append((int(source.rsplit("#", 1)[1]), table))
+            elif kind == TYPED_VIEW:
+                self.views[source] = table
+        for table, kind, source, _ in rows:
+            if kind not in FIXED:
+                continue
+            physical = [table] + [name for _, name in sorted(parts[table])]
+            taken = {c: path for name in physical for c, path in columns[name].items()}
             fixed = {name for name, _ in FIXED[kind]} | {"deleted", "synced_at"}
             self.tables[(kind, source)] = TableInfo(
-                table, (kind, source), NameAllocator(columns[table], reserved=fixed),
-                len(columns[table]) + len(fixed))
-        self.table_names = NameAllocator(owners, reserved=set(BASE_TABLES))
+                table, (kind, source), NameAllocator(taken, reserved=fixed), physical,
+                {name: len(columns[name]) for name in physical},
+                {c: name for name in physical for c in columns[name]})
+        # Names taken by anything else in the schema (an analyst's own table or view, a view
+        # of an older version) are never allocated: CREATE would fail on every run.
+        self.relations = dict(self.conn.execute(
+            "select c.relname, c.relkind::text from pg_class c join pg_namespace n "
+            "on n.oid = c.relnamespace where n.nspname = %s and c.relkind in "
+            "('r', 'v', 'm', 'p', 'f')", (self.schema,)).fetchall())
+        self.table_names = NameAllocator(
+            owners, reserved=set(BASE_TABLES) | (set(self.relations) - set(owners)))
         self.labels = {
             (xmlns, path): (label, qtype) for xmlns, path, label, qtype in self.conn.execute(
                 sql.SQL("select distinct on (xmlns, path) xmlns, path, label, type from {} "
@@ -120,12 +199,38 @@ class Catalog:
 
     def end_transaction(self, committed: bool) -> None:
         self.locked = False
-        if not committed:  # names allocated in a rolled-back transaction do not exist
+        if committed:
+            self.changed |= self.adding
+            self.retyped |= self.retyping
+            for key, count in self.unparsed.items():
+                self.unparsed_run[key] = self.unparsed_run.get(key, 0) + count
+        else:  # names allocated in a rolled-back transaction do not exist
             self.table_names = None
+        self.adding = set()
+        self.retyping = set()
+        self.busy = set()
+        self.unparsed = {}
 
     def ensure_loaded(self) -> None:
         if self.table_names is None:
             self.load()
+
+    def _create(self, name: str, kind: str, source: str, columns: list[tuple[str, str]],
+                key: tuple[str, ...], *, parent: str | None, label: str | None,
+                comment: str, extra: tuple[str, ...] = ()) -> None:
+        """A new table: nobody can hold a lock on it, so this never waits on a BI user."""
+        defs = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in columns]
+        defs += [sql.SQL(e) for e in extra]
+        defs.append(sql.SQL("primary key ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, key))))
+        self.conn.execute(sql.SQL("create table {} ({})").format(
+            self.t(name), sql.SQL(", ").join(defs)))
+        self.conn.execute(sql.SQL(
+            "insert into {} (table_name, source_kind, source_name, parent_table, label) "
+            "values (%s, %s, %s, %s, %s)").format(self.t("catalog_tables")),
+            (name, kind, source, parent, label))
+        self.conn.execute(sql.SQL("comment on table {} is {}").format(
+            self.t(name), sql.Literal(comment)))
 
     def table(self, kind: str, source: str, readable_as: str, prefix: str = "",
               parent: str | None = None, label: str | None = None) -> TableInfo:
@@ -138,62 +243,90 @@ class Catalog:
         if info:
             return info
         name = self.table_names.allocate(f"{kind}:{source}", prefix, readable_as=readable_as)
-        fixed = FIXED[kind]
-        defs = [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in fixed]
-        defs += [sql.SQL("deleted boolean not null default false"),
-                 sql.SQL("synced_at timestamptz not null default now()"),
-                 sql.SQL("primary key ({})").format(
-                     sql.SQL(", ").join(map(sql.Identifier, KEYS[kind])))]
-        self.conn.execute(sql.SQL("create table {} ({})").format(
-            self.t(name), sql.SQL(", ").join(defs)))
-        self.conn.execute(sql.SQL(
-            "insert into {} (table_name, source_kind, source_name, parent_table, label) "
-            "values (%s, %s, %s, %s, %s)").format(self.t("catalog_tables")),
-            (name, kind, source, parent, label))
-        comment = f"{kind.replace('_', ' ')} {source!r}" + (f": {label}" if label else "")
-        self.conn.execute(sql.SQL("comment on table {} is {}").format(
-            self.t(name), sql.Literal(comment)))
-        reserved = {c for c, _ in fixed} | {"deleted", "synced_at"}
-        info = TableInfo(name, (kind, source), NameAllocator(reserved=reserved), len(reserved))
+        self._create(name, kind, source, list(FIXED[kind]), KEYS[kind], parent=parent,
+                     label=label,
+                     comment=f"{kind.replace('_', ' ')} {source!r}" + (f": {label}" if label else ""),
+                     extra=("deleted boolean not null default false",
+                            "synced_at timestamptz not null default now()"))
+        reserved = {c for c, _ in FIXED[kind]} | {"deleted", "synced_at"}
+        info = TableInfo(name, (kind, source), NameAllocator(reserved=reserved), [name],
+                         {name: 0}, {})
         self.tables[(kind, source)] = info
         return info
 
+    def _part_with_room(self, info: TableInfo) -> str:
+        last = info.parts[-1]
+        if info.counts.get(last, 0) < MAX_PART_COLUMNS:
+            return last
+        n = len(info.parts) + 1
+        name = self.table_names.allocate(f"{PART}:{info.name}#{n}",
+                                         readable_as=f"{info.name}__part{n}")
+        key = KEYS[info.kind]
+        types = dict(FIXED[info.kind])
+        joined = ", ".join(key)
+        self._create(name, PART, f"{info.name}#{n}", [(c, types[c]) for c in key], key,
+                     parent=info.name, label=None,
+                     comment=f"more columns of {info.name} (it has more than "
+                             f"{MAX_PART_COLUMNS} per table): join on ({joined}); "
+                             f"catalog_columns says which table holds each column")
+        info.parts.append(name)
+        info.counts[name] = 0
+        log.info("%s has %d columns of questions or properties: further ones go to %s "
+                 "(join on %s)", info.name, sum(info.counts.values()), name, joined)
+        return name
+
     def columns(self, info: TableInfo, source_kind: str, source_name: str,
-                paths: Iterable[tuple[str, str]], relative_to: str = "") -> dict[str, str | None]:
-        """Map each original path to its column, adding the missing columns (None when full)."""
-        result: dict[str, str | None] = {}
+                paths: Iterable[tuple[str, str]]) -> dict[str, tuple[str, str] | None]:
+        """Map each original path to (table, column), adding the missing columns. None: the
+        column could not be added now (a BI user's lock); its values stay in the base jsonb."""
+        result: dict[str, tuple[str, str] | None] = {}
         missing = []
         for path, shown in paths:
             column = info.columns.by_name.get(path)
             if column is None:
                 missing.append((path, shown))
-            result[path] = column
+            else:
+                result[path] = (info.home[column], column)
         if not missing:
             return result
         self.lock()
         info = self.tables[info.key]  # the reload under the lock made fresh objects
         for path, shown in missing:
             column = info.columns.by_name.get(path)  # another process may have added it
-            if column is None:
-                if info.column_count >= MAX_COLUMNS:
-                    log.warning("table %s has %d columns: %r stays in the jsonb only",
-                                info.name, info.column_count, path)
-                    result[path] = None
-                    continue
-                column = info.columns.allocate(path, readable_as=shown)
-                label, qtype = self.labels.get((source_name, path), (None, None))
-                self.conn.execute(sql.SQL("alter table {} add column {} text").format(
-                    self.t(info.name), sql.Identifier(column)))
-                self.conn.execute(sql.SQL(
-                    "insert into {} (table_name, column_name, source_kind, source_name, "
-                    "original_path, label, data_type) values (%s, %s, %s, %s, %s, %s, %s)").format(
-                    self.t("catalog_columns")),
-                    (info.name, column, source_kind, source_name, path, label, qtype))
-                self.conn.execute(sql.SQL("comment on column {}.{} is {}").format(
-                    self.t(info.name), sql.Identifier(column),
-                    sql.Literal(column_comment(path, label))))
-                info.column_count += 1
-            result[path] = column
+            if column is not None:
+                result[path] = (info.home[column], column)
+                continue
+            table = self._part_with_room(info)
+            if table in self.busy:
+                result[path] = None
+                continue
+            column = info.columns.allocate(path, readable_as=shown)
+            label, qtype = self.labels.get((source_name, path), (None, None))
+            added = guarded_ddl(self.conn, [
+                sql.SQL("alter table {} add column {} text").format(
+                    self.t(table), sql.Identifier(column)),
+                sql.SQL("comment on column {}.{} is {}").format(
+                    self.t(table), sql.Identifier(column),
+                    sql.Literal(column_comment(path, label)))], self.lock_timeout)
+            if not added:
+                info.columns.release(column)
+                self.busy.add(table)
+                log.warning("table %s is in use (a BI user's open transaction holds a lock on "
+                            "it): new column(s) wait for the next run; their values are in the "
+                            "base tables' jsonb meanwhile", table)
+                result[path] = None
+                continue
+            self.conn.execute(sql.SQL(
+                "insert into {} (table_name, column_name, source_kind, source_name, "
+                "original_path, label, data_type) values (%s, %s, %s, %s, %s, %s, %s)").format(
+                self.t("catalog_columns")),
+                (table, column, source_kind, source_name, path, label, qtype))
+            if qtype in TYPED_QUESTIONS:
+                self.typed.setdefault(table, {})[column] = TYPED_QUESTIONS[qtype]
+            info.home[column] = table
+            info.counts[table] = info.counts.get(table, 0) + 1
+            self.adding.add(table)
+            result[path] = (table, column)
         return result
 
 
@@ -221,21 +354,106 @@ class _Write:
     id_column: str
 
 
-def _apply(catalog: Catalog, domain: str, writes: list[_Write]) -> None:
+def _table_writes(info: TableInfo, ids: list[str], id_column: str, fixed_columns: list[str],
+                  records: list[tuple[tuple, dict]],
+                  placed: dict[str, tuple[str, str] | None]) -> list[_Write]:
+    """One write per physical table of `info`. `records`: (fixed values, {path: text}) each;
+    a continuation table gets a row only where the record has a value in it."""
+    by_table: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for path, where in placed.items():
+        if where:
+            by_table[where[0]].append((path, where[1]))
+    n_key = len(KEYS[info.kind])
+    writes = []
+    for table in info.parts:
+        dynamic = by_table.get(table, [])
+        if table == info.name:
+            columns = fixed_columns + [c for _, c in dynamic]
+            rows = [fixed + tuple(values.get(p) for p, _ in dynamic) for fixed, values in records]
+        else:
+            columns = list(KEYS[info.kind]) + [c for _, c in dynamic]
+            rows = []
+            for fixed, values in records:
+                part = tuple(values.get(p) for p, _ in dynamic)
+                if any(v is not None for v in part):
+                    rows.append(fixed[:n_key] + part)
+        writes.append(_Write(table, ids, columns, rows, id_column))
+    return writes
+
+
+def _unparsed(catalog: Catalog, write: _Write, domain: str) -> dict[str, int]:
+    casts = catalog.typed.get(write.table)
+    if not casts:
+        return {}
+    s = sql.Identifier(catalog.schema)
+    names = sorted(casts)
+    counts = catalog.conn.execute(sql.SQL(
+        "select {} from {} where domain = %s and {} = any(%s)").format(
+        sql.SQL(", ").join(sql.SQL(
+            "count(*) filter (where nullif(btrim({0}), '') is not null and {1}.{2}({0}) is null)"
+        ).format(sql.Identifier(c), s, sql.Identifier(casts[c])) for c in names),
+        catalog.t(write.table), sql.Identifier(write.id_column)),
+        (domain, write.ids)).fetchone()
+    return dict(zip(names, counts))
+
+
+def _apply(catalog: Catalog, domain: str, writes: list[_Write], rejects: list) -> None:
     """Write only once every table and column the page needs exists. A transaction then never
     holds row locks on a BI table while it waits for the DDL lock, and the holder of that lock
-    never waits to ALTER a table such a transaction has written: no deadlock between runs."""
+    never waits to ALTER a table such a transaction has written: no deadlock between runs.
+
+    A row PostgreSQL refuses (too big, say) goes to dead_letters alone: its record stays in the
+    base table and the rest of the page loads. Values that do not parse as their question's
+    type are counted as they are written, against what the replaced rows held."""
     conn = catalog.conn
     for write in writes:
+        before = _unparsed(catalog, write, domain)
         conn.execute(sql.SQL("delete from {} where domain = %s and {} = any(%s)").format(
             catalog.t(write.table), sql.Identifier(write.id_column)), (domain, write.ids))
-        if not write.rows:
-            continue
-        with conn.cursor().copy(sql.SQL("copy {} ({}) from stdin").format(
-                catalog.t(write.table),
-                sql.SQL(", ").join(map(sql.Identifier, write.columns)))) as copy:
-            for row in write.rows:
-                copy.write_row(row)
+        if write.rows:
+            try:
+                with conn.transaction():
+                    _copy(catalog, write, write.rows)
+            except (psycopg.errors.ProgramLimitExceeded, psycopg.errors.DataError):
+                _copy_one_by_one(catalog, write, rejects)
+        for column, count in _unparsed(catalog, write, domain).items():
+            delta = count - before.get(column, 0)
+            if delta:
+                key = (write.table, column)
+                catalog.unparsed[key] = catalog.unparsed.get(key, 0) + delta
+
+
+def _copy(catalog: Catalog, write: _Write, rows: list[tuple]) -> None:
+    with catalog.conn.cursor().copy(sql.SQL("copy {} ({}) from stdin").format(
+            catalog.t(write.table),
+            sql.SQL(", ").join(map(sql.Identifier, write.columns)))) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _copy_one_by_one(catalog: Catalog, write: _Write, rejects: list) -> None:
+    from etl.transform import Reject
+
+    id_at = write.columns.index(write.id_column)
+    for row in write.rows:
+        try:
+            with catalog.conn.transaction():
+                _copy(catalog, write, [row])
+        except (psycopg.errors.ProgramLimitExceeded, psycopg.errors.DataError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            rejects.append(Reject(
+                str(row[id_at]), f"BI table {write.table} refused the row ({reason}); the record "
+                f"is complete in the base table, not in {write.table}",
+                jsonutil.dumps_raw(dict(zip(write.columns, row)))))
+
+
+def flush_unparsed(catalog: Catalog) -> None:
+    """Add this page's unparsed-value counts to the catalog (in a fixed order: no deadlock)."""
+    for (table, column), delta in sorted(catalog.unparsed.items()):
+        catalog.conn.execute(sql.SQL(
+            "update {} set unparsed_values = greatest(0, coalesce(unparsed_values, 0) + %s) "
+            "where table_name = %s and column_name = %s").format(catalog.t("catalog_columns")),
+            (delta, table, column))
 
 
 def _newest(rows: list[tuple], id_index: int, version_index: int) -> dict[str, tuple]:
@@ -279,7 +497,7 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
     for case_id, old_type in old_types.items():
         info = catalog.tables.get(("case_type", old_type))
         if case_id in won and info:
-            writes.append(_Write(info.name, [case_id], [], [], "case_id"))
+            writes += [_Write(table, [case_id], [], [], "case_id") for table in info.parts]
     rows = _newest([r for r in batch.rows.get("cases", []) if r[1] in won], 1, 15)
     indices: dict[str, dict[str, str | None]] = defaultdict(dict)
     for row in batch.rows.get("case_indices", []):
@@ -292,27 +510,23 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
     fixed_columns = [c for c, _ in CASE_FIXED]
     for case_type, type_rows in by_type.items():
         info = catalog.table("case_type", case_type, readable_as=case_type, prefix="case_")
-        props: dict[str, None] = {}
-        idents: dict[str, None] = {}
+        records = []
         for row in type_rows:
-            props.update(dict.fromkeys(k for k in batch.sources[row[1]] if k not in SPECIAL_PROPERTIES))
-            idents.update(dict.fromkeys(indices.get(row[1], ())))
-        prop_columns = catalog.columns(info, "case_property", case_type,
-                                       ((p, p) for p in props))
-        index_columns = catalog.columns(info, "case_index", case_type,
-                                        ((f"index/{i}", f"index_{i}") for i in idents))
-        dynamic = [(p, c) for p, c in prop_columns.items() if c]
-        links = [(i, index_columns[f"index/{i}"]) for i in idents if index_columns[f"index/{i}"]]
-        columns = fixed_columns + [c for _, c in dynamic] + [c for _, c in links]
-        out = []
-        for row in type_rows:
-            properties = batch.sources[row[1]]
-            case_links = indices.get(row[1], {})
-            out.append(row[:16] + (row[17],)
-                       + tuple(_text(properties.get(p)) for p, _ in dynamic)
-                       + tuple(case_links.get(i) for i, _ in links))
-        writes.append(_Write(info.name, [r[1] for r in type_rows], columns, out, "case_id"))
-    _apply(catalog, domain, writes)
+            values = {p: _text(v) for p, v in batch.sources[row[1]].items()
+                      if p not in SPECIAL_PROPERTIES}
+            for identifier, referenced in indices.get(row[1], {}).items():
+                values[f"index/{identifier}"] = referenced
+            records.append((row[:16] + (row[17],), values))
+        paths: dict[str, None] = {}
+        for _, values in records:
+            paths.update(dict.fromkeys(values))
+        placed = catalog.columns(info, "case_property", case_type,
+                                 ((p, p) for p in paths if not p.startswith("index/")))
+        placed.update(catalog.columns(info, "case_index", case_type, (
+            (p, f"index_{p[6:]}") for p in paths if p.startswith("index/"))))
+        writes += _table_writes(info, [r[1] for r in type_rows], "case_id", fixed_columns,
+                                records, placed)
+    _apply(catalog, domain, writes, batch.rejects)
 
 
 # --- forms ---------------------------------------------------------------------------------
@@ -356,9 +570,9 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
                 or xmlns.rstrip("/").rsplit("/", 1)[-1])
         info = catalog.table("form", xmlns, readable_as=name, prefix="form_", label=name)
         form_ids = [row[1] for row in form_rows]
-        writes.append(_form_rows(catalog, info, xmlns, form_rows, form_ids, flats))
+        writes += _form_rows(catalog, info, xmlns, form_rows, form_ids, flats)
         writes += _repeat_rows(catalog, info, xmlns, domain, flats, form_ids)
-    _apply(catalog, domain, writes)
+    _apply(catalog, domain, writes, batch.rejects)
     if actions:
         with catalog.conn.cursor().copy(sql.SQL(
                 "copy {}.form_case_actions (domain, form_id, block, action, case_id, case_type, "
@@ -374,17 +588,14 @@ def _catalogued_repeats(catalog: Catalog, xmlns: str) -> set[str]:
 
 
 def _form_rows(catalog: Catalog, info: TableInfo, xmlns: str, form_rows: list[tuple],
-               form_ids: list[str], flats: dict) -> _Write:
+               form_ids: list[str], flats: dict) -> list[_Write]:
     paths: dict[str, None] = {}
     for flat in flats.values():
         paths.update(dict.fromkeys(flat.root.values))
-    colmap = catalog.columns(info, "form_question", xmlns,
+    placed = catalog.columns(info, "form_question", xmlns,
                              ((p, path_identifier_base(p.split("/"))) for p in paths))
-    dynamic = [(p, c) for p, c in colmap.items() if c]
-    columns = [c for c, _ in FORM_FIXED] + [c for _, c in dynamic]
-    out = [row[:14] + tuple(flats[row[1]].root.values.get(p) for p, _ in dynamic)
-           for row in form_rows]
-    return _Write(info.name, form_ids, columns, out, "form_id")
+    records = [(row[:14], flats[row[1]].root.values) for row in form_rows]
+    return _table_writes(info, form_ids, "form_id", [c for c, _ in FORM_FIXED], records, placed)
 
 
 def _repeat_rows(catalog: Catalog, form_info: TableInfo, xmlns: str, domain: str,
@@ -409,82 +620,154 @@ def _repeat_rows(catalog: Catalog, form_info: TableInfo, xmlns: str, domain: str
         paths: dict[str, None] = {}
         for _, item in entries:
             paths.update(dict.fromkeys(item.values))
-        colmap = catalog.columns(info, "form_question", xmlns, (
+        placed = catalog.columns(info, "form_question", xmlns, (
             (p, path_identifier_base(p[rel:].split("/")) if p.startswith(path + "/")
              else readable(p.rsplit("/", 1)[-1])) for p in paths))
-        dynamic = [(p, c) for p, c in colmap.items() if c]
-        columns = [c for c, _ in REPEAT_FIXED] + [c for _, c in dynamic]
-        out = [(domain, form_id, item.key, item.parent_key, item.position)
-               + tuple(item.values.get(p) for p, _ in dynamic) for form_id, item in entries]
-        writes.append(_Write(info.name, form_ids, columns, out, "form_id"))
+        records = [((domain, form_id, item.key, item.parent_key, item.position), item.values)
+                   for form_id, item in entries]
+        writes += _table_writes(info, form_ids, "form_id", [c for c, _ in REPEAT_FIXED],
+                                records, placed)
     return writes
 
 
 # --- typed views and labels -----------------------------------------------------------------
 
-def refresh_typed_views(conn: psycopg.Connection, schema: str) -> dict[str, int]:
-    """(Re)create `<table>_typed` for every table with date or number questions; count the
-    values that do not parse. Returns {table.column: unparsed count} for columns with any."""
+def refresh_typed_views(catalog: Catalog, tables: Iterable[str] | None = None,
+                        recount: Iterable[tuple[str, str]] = ()) -> list[str]:
+    """Bring `<table>_typed` up to date for `tables` (None: every table with typed columns):
+    the table's columns, date and number questions cast. A view is replaced only when its
+    columns differ (views only gain columns, so `create or replace` keeps views of the
+    analysts' own built on it); `recount` columns, whose type changed, are counted afresh.
+    Returns warnings for the operator (views left as they were)."""
+    conn, schema = catalog.conn, catalog.schema
+    warnings: list[str] = []
+    try:
+        _refresh(catalog, tables, recount, warnings)
+    except BaseException:
+        catalog.table_names = None  # names allocated in the rolled-back transaction
+        raise
+    return warnings
+
+
+def _refresh(catalog: Catalog, tables: Iterable[str] | None, recount: Iterable[tuple[str, str]],
+             warnings: list[str]) -> None:
+    conn, schema = catalog.conn, catalog.schema
+    with conn.transaction():
+        ddl_lock(conn, schema)  # another run may be refreshing the same view
+        catalog.load()
+        wanted = set(catalog.typed) if tables is None else set(tables) | {t for t, _ in recount}
+        for table in sorted(wanted):
+            casts = catalog.typed.get(table)
+            columns = _columns_of(conn, schema, table)
+            if not casts or not columns:
+                continue
+            view = catalog.views.get(table) or _allocate_view(catalog, table)
+            want = [(c, CAST_TYPES[casts[c]] if c in casts else t) for c, t in columns]
+            if _columns_of(conn, schema, view) == want:
+                continue
+            problem = _replace_view(catalog, table, view, [c for c, _ in columns], casts)
+            if problem:
+                warnings.append(problem)
+        for table, column in sorted(set(recount)):
+            func = catalog.typed.get(table, {}).get(column)
+            if func is None:
+                continue
+            count = conn.execute(sql.SQL(
+                "select count(*) from {} where nullif(btrim({}), '') is not null "
+                "and {}.{}({}) is null").format(
+                catalog.t(table), sql.Identifier(column), sql.Identifier(schema),
+                sql.Identifier(func), sql.Identifier(column))).fetchone()[0]
+            conn.execute(sql.SQL("update {} set unparsed_values = %s where table_name = %s "
+                                 "and column_name = %s").format(catalog.t("catalog_columns")),
+                         (count, table, column))
+            if count:
+                catalog.unparsed_run[(table, column)] = count
+
+
+def _columns_of(conn: psycopg.Connection, schema: str, relation: str) -> list[tuple[str, str]]:
+    return [tuple(r) for r in conn.execute(
+        "select column_name, data_type from information_schema.columns where table_schema = %s "
+        "and table_name = %s order by ordinal_position", (schema, relation))]
+
+
+def _allocate_view(catalog: Catalog, table: str) -> str:
+    """The view's name comes from the same allocator as the tables': it never takes a name a
+    table has (a form named '… typed'), nor the reverse."""
+    preferred = identifier(f"{table}_typed")
+    if catalog.relations.get(preferred) == "v" and preferred not in catalog.table_names.owner:
+        view = preferred  # made by a version that did not catalogue its views: adopt it
+        catalog.table_names.reserved.discard(view)
+        catalog.table_names.owner[view] = f"{TYPED_VIEW}:{table}"
+        catalog.table_names.by_name[f"{TYPED_VIEW}:{table}"] = view
+    else:
+        view = catalog.table_names.allocate(f"{TYPED_VIEW}:{table}",
+                                            readable_as=f"{table}_typed")
+    catalog.conn.execute(sql.SQL(
+        "insert into {} (table_name, source_kind, source_name, parent_table, label) "
+        "values (%s, %s, %s, %s, %s)").format(catalog.t("catalog_tables")),
+        (view, TYPED_VIEW, table, table, None))
+    catalog.views[table] = view
+    return view
+
+
+def _replace_view(catalog: Catalog, table: str, view: str, columns: list[str],
+                  casts: dict[str, str]) -> str | None:
+    conn, schema = catalog.conn, catalog.schema
     s = sql.Identifier(schema)
-    typed = conn.execute(sql.SQL(
-        "select table_name, column_name, data_type from {}.catalog_columns "
-        "where data_type = any(%s) order by table_name").format(s),
-        (list(TYPED_QUESTIONS),)).fetchall()
-    by_table: dict[str, dict[str, str]] = defaultdict(dict)
-    for table, column, qtype in typed:
-        by_table[table][column] = TYPED_QUESTIONS[qtype]
-    problems = {}
-    for table, casts in by_table.items():
-        columns = [r[0] for r in conn.execute(
-            "select column_name from information_schema.columns where table_schema = %s "
-            "and table_name = %s order by ordinal_position", (schema, table))]
-        if not columns:
-            continue
-        select = sql.SQL(", ").join(
-            sql.SQL("{}.{}({}) as {}").format(s, sql.Identifier(casts[c]), sql.Identifier(c),
-                                               sql.Identifier(c)) if c in casts
-            else sql.Identifier(c) for c in columns)
-        view = identifier(f"{table}_typed")
-        with conn.transaction():
-            ddl_lock(conn, schema)  # another run may be refreshing the same view
-            conn.execute(sql.SQL("drop view if exists {}.{}").format(s, sql.Identifier(view)))
-            conn.execute(sql.SQL("create view {}.{} as select {} from {}.{}").format(
-                s, sql.Identifier(view), select, s, sql.Identifier(table)))
-            conn.execute(sql.SQL("comment on view {}.{} is {}").format(
-                s, sql.Identifier(view), sql.Literal(
-                    f"{table} with date and number questions typed; values that do not parse "
-                    f"are NULL here (counted in catalog_columns.unparsed_values)")))
-            for column, func in casts.items():
-                if column not in columns:
-                    continue
-                count = conn.execute(sql.SQL(
-                    "select count(*) from {}.{} where nullif(btrim({}), '') is not null "
-                    "and {}.{}({}) is null").format(
-                    s, sql.Identifier(table), sql.Identifier(column), s, sql.Identifier(func),
-                    sql.Identifier(column))).fetchone()[0]
-                conn.execute(sql.SQL(
-                    "update {}.catalog_columns set unparsed_values = %s "
-                    "where table_name = %s and column_name = %s").format(s),
-                    (count, table, column))
-                if count:
-                    problems[f"{table}.{column}"] = count
-    return problems
+    select = sql.SQL(", ").join(
+        sql.SQL("{}.{}({}) as {}").format(s, sql.Identifier(casts[c]), sql.Identifier(c),
+                                           sql.Identifier(c)) if c in casts
+        else sql.Identifier(c) for c in columns)
+    create = sql.SQL("create or replace view {} as select {} from {}").format(
+        catalog.t(view), select, catalog.t(table))
+    comments = [sql.SQL("comment on view {} is {}").format(catalog.t(view), sql.Literal(
+        f"{table} with date and number questions typed; values that do not parse are NULL "
+        f"here (counted in catalog_columns.unparsed_values)"))]
+    comments += [sql.SQL("comment on column {}.{} is {}").format(
+        catalog.t(view), sql.Identifier(column), sql.Literal(comment))
+        for column, comment in conn.execute(
+            "select a.attname, col_description(a.attrelid, a.attnum) from pg_attribute a "
+            "where a.attrelid = %s::regclass and a.attnum > 0 and not a.attisdropped "
+            "and col_description(a.attrelid, a.attnum) is not null",
+            (f'"{schema}"."{table}"',))]
+    try:
+        if guarded_ddl(conn, [create, *comments], catalog.lock_timeout):
+            return None
+        return (f"view {view} is in use (a BI user's open transaction): it is brought up to "
+                f"date on a later run")
+    except psycopg.errors.InvalidTableDefinition:
+        pass  # a column changed type (a question became a date): only drop + create can do it
+    dependents = conn.execute(
+        "select count(*) from pg_depend d join pg_rewrite r on r.oid = d.objid "
+        "where d.refobjid = %s::regclass and r.ev_class <> d.refobjid",
+        (f'"{schema}"."{view}"',)).fetchone()[0]
+    if dependents:
+        return (f"view {view} is left as it was: {dependents} view(s) of your own are built on "
+                f"it and a column of it changed type; drop them (or cast in them) and the next "
+                f"run rebuilds {view}")
+    drop = sql.SQL("drop view if exists {}").format(catalog.t(view))
+    if guarded_ddl(conn, [drop, create, *comments], catalog.lock_timeout):
+        return None
+    return f"view {view} is in use (a BI user's open transaction): it is rebuilt on a later run"
 
 
-def apply_app_labels(conn: psycopg.Connection, schema: str) -> int:
-    """Copy question labels and types from the apps into the catalog and the column comments."""
+def apply_app_labels(conn: psycopg.Connection, schema: str) -> list[tuple[str, str]]:
+    """Copy question labels and types from the apps into the catalog and the column comments.
+    Returns the (table, column) whose type changed: their typed views and counts follow."""
     s = sql.Identifier(schema)
     changed = conn.execute(sql.SQL("""
         update {s}.catalog_columns c set label = q.label, data_type = q.type
         from (select distinct on (xmlns, path) xmlns, path, label, type from {s}.app_questions
-              order by xmlns, path, app_id) q
+              order by xmlns, path, app_id) q, {s}.catalog_columns old
         where c.source_kind = 'form_question' and c.source_name = q.xmlns
           and c.original_path = q.path
+          and old.table_name = c.table_name and old.column_name = c.column_name
           and (c.label is distinct from q.label or c.data_type is distinct from q.type)
-        returning c.table_name, c.column_name, c.original_path, c.label
+        returning c.table_name, c.column_name, c.original_path, c.label,
+                  old.data_type is distinct from q.type
     """).format(s=s)).fetchall()
-    for table, column, path, label in changed:
+    for table, column, path, label, _ in changed:
         conn.execute(sql.SQL("comment on column {}.{}.{} is {}").format(
             s, sql.Identifier(table), sql.Identifier(column),
             sql.Literal(column_comment(path, label))))
-    return len(changed)
+    return [(table, column) for table, column, _, _, retyped in changed if retyped]

@@ -17,6 +17,7 @@ from psycopg import sql
 
 from etl import state
 from etl.load import bi
+from etl.load.bi import DEFAULT_DDL_LOCK_TIMEOUT
 from etl.transform import Batch
 from etl.transform.cases import CASE_COLUMNS, CASE_INDEX_COLUMNS
 from etl.transform.forms import FORM_COLUMNS
@@ -76,15 +77,17 @@ def _case_types_before(loader: "Loader", domain: str, batch: Batch, _: Any) -> A
 def _case_tables(loader: "Loader", domain: str, batch: Batch, old_types: Any) -> None:
     if loader.bi:
         bi.load_case_tables(loader.catalog, domain, batch, old_types or {})
+        loader.after_bi("cases", domain)
 
 
 def _form_tables(loader: "Loader", domain: str, batch: Batch, _: Any) -> None:
     if loader.bi:
         bi.load_form_tables(loader.catalog, loader.schema, domain, batch)
+        loader.after_bi("forms", domain)
 
 
 def _app_labels(loader: "Loader", domain: str, batch: Batch, _: Any) -> None:
-    bi.apply_app_labels(loader.conn, loader.schema)
+    loader.catalog.retyping |= set(bi.apply_app_labels(loader.conn, loader.schema))
     loader.catalog.table_names = None  # labels and form names changed: reload when next needed
 
 
@@ -93,6 +96,10 @@ TARGETS = {
     "cases": Target(CASES, (CASE_INDICES,), before=_case_types_before, after=_case_tables),
     "forms": Target(FORMS, after=_form_tables),
 }
+
+
+class _StillBusy(Exception):
+    """A BI table is still locked by a BI user: leave its pending records for the next run."""
 
 
 @dataclass
@@ -111,11 +118,88 @@ class Loader:
     _staged: set[str] = field(default_factory=set)
     _catalog: bi.Catalog | None = None
 
+    ddl_lock_timeout: float = DEFAULT_DDL_LOCK_TIMEOUT
+    # Base columns this source does not know (Case API v2 lacks five of v0.5's): an update
+    # keeps what the table has instead of writing NULL over it.
+    keep: tuple[str, ...] = ()
+
     @property
     def catalog(self) -> bi.Catalog:
         if self._catalog is None:
-            self._catalog = bi.Catalog(self.conn, self.schema)
+            self._catalog = bi.Catalog(self.conn, self.schema, lock_timeout=self.ddl_lock_timeout)
         return self._catalog
+
+    def after_bi(self, stream: str, domain: str) -> None:
+        """In the page's transaction, behind its BI writes: count what did not parse, and
+        note the records written without a column that could not be added yet."""
+        catalog = self.catalog
+        bi.flush_unparsed(catalog)
+        if catalog.deferred:
+            self.conn.execute(sql.SQL("""
+                insert into {pending} (domain, stream, record_id)
+                select %s, %s, w.{key} from {won} w on conflict do nothing""").format(
+                pending=self._table("bi_pending"), key=sql.Identifier(TARGETS[stream].main.key[1]),
+                won=sql.Identifier(f"_won_{stream}")), (domain, stream))
+
+    def rebuild_pending(self, stream: str, domain: str, chunk: int = 1000) -> int:
+        """Rewrite the BI rows of records queued in bi_pending, from the base tables, now
+        that their columns may be added. Returns how many were rewritten."""
+        target = TARGETS.get(stream)
+        if not self.bi or target is None or target.main is None:
+            return 0
+        done = 0
+        while True:
+            ids = [r[0] for r in self.conn.execute(sql.SQL(
+                "select record_id from {} where domain = %s and stream = %s order by record_id "
+                "limit %s").format(self._table("bi_pending")), (domain, stream, chunk))]
+            if not ids:
+                return done
+            committed = False
+            try:
+                with self.conn.transaction():
+                    batch = self._batch_from_base(target, domain, ids)
+                    won = sql.Identifier(f"_won_{target.main.name}")
+                    self._stage(target.main)
+                    self.conn.execute(sql.SQL("insert into {} select %s, x, false from unnest(%s::text[]) x")
+                                      .format(won), (domain, ids))
+                    if target.after:
+                        target.after(self, domain, batch, {})
+                    if self.catalog.deferred:  # still locked: try again next run
+                        raise _StillBusy
+                    self.conn.execute(sql.SQL(
+                        "delete from {} where domain = %s and stream = %s and record_id = any(%s)"
+                    ).format(self._table("bi_pending")), (domain, stream, ids))
+                    state.add_dead_letters(self.conn, self.schema, domain, stream, batch.rejects)
+                committed = True
+            except _StillBusy:
+                return done
+            finally:
+                if not committed:
+                    self._staged.clear()
+                self.catalog.end_transaction(committed)
+            done += len(ids)
+
+    def _batch_from_base(self, target: "Target", domain: str, ids: list[str]) -> Batch:
+        """The page a transform would have made of these records, read back from the base."""
+        main = target.main
+        batch = Batch()
+        rows = self.conn.execute(sql.SQL("select {} from {} where domain = %s and {} = any(%s)")
+                                 .format(sql.SQL(", ").join(map(sql.Identifier, main.columns)),
+                                         self._table(main.name), sql.Identifier(main.key[1])),
+                                 (domain, ids)).fetchall()
+        json_at = main.columns.index("properties" if main.name == "cases" else "form")
+        for row in rows:
+            batch.add(main.name, tuple(row))
+            source = row[json_at] or {}
+            batch.sources[row[1]] = source if main.name == "cases" else {"form": source}
+        for child in target.children:
+            for row in self.conn.execute(sql.SQL(
+                    "select {} from {} where domain = %s and {} = any(%s)").format(
+                    sql.SQL(", ").join(map(sql.Identifier, child.columns)),
+                    self._table(child.name), sql.Identifier(main.key[1])), (domain, ids)):
+                batch.add(child.name, tuple(row))
+        batch.records = len(rows)
+        return batch
 
     def _table(self, name: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(name))
@@ -177,6 +261,8 @@ class Loader:
             main_rows = batch.rows.get(target.main.name, []) if target.main else []
             if main_rows:
                 result.inserted, result.updated = self._upsert_main(target.main, main_rows)
+                if self.keep and self.bi:
+                    self._fill_kept(target.main, batch)
                 result.skipped_older = len({r[:len(target.main.key)] for r in main_rows}) - (
                     result.inserted + result.updated)
                 for child in target.children:
@@ -187,6 +273,7 @@ class Loader:
                 result.inserted = self._replace_snapshot(target.snapshot, domain, batch)
                 if target.after:
                     target.after(self, domain, batch, context)
+            result.rejected = len(batch.rejects)  # the BI step may have added some
             state.add_dead_letters(self.conn, self.schema, domain, stream, batch.rejects,
                                    source_url)
             state.save_checkpoint(self.conn, self.schema, domain, checkpoint_stream or stream,
@@ -213,7 +300,8 @@ class Loader:
         self._copy(stage, spec, rows)
         cols = [sql.Identifier(c) for c in spec.columns]
         key = [sql.Identifier(c) for c in spec.key]
-        updates = [sql.SQL("{0} = excluded.{0}").format(c) for c in cols if c not in key]
+        updates = [sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c))
+                   for c in spec.columns if c not in spec.key and c not in self.keep]
         updates += [sql.SQL("synced_at = now()"), sql.SQL("deleted = false")]
         version = sql.Identifier(spec.version)
         query = sql.SQL("""
@@ -238,6 +326,24 @@ class Loader:
             "select count(*) filter (where inserted), count(*) filter (where not inserted) "
             "from {}").format(sql.Identifier(f"_won_{spec.name}"))).fetchone()
         return inserted, updated
+
+    def _fill_kept(self, spec: TableSpec, batch: Batch) -> None:
+        """The BI tables copy the base row: give them the kept values, not the source's NULLs."""
+        at = [spec.columns.index(c) for c in self.keep]
+        kept = {row[0]: row[1:] for row in self.conn.execute(sql.SQL(
+            "select t.{}, {} from {} t join {} w using ({})").format(
+            sql.Identifier(spec.key[1]),
+            sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in self.keep),
+            self._table(spec.name), sql.Identifier(f"_won_{spec.name}"),
+            sql.SQL(", ").join(map(sql.Identifier, spec.key))))}
+        rows = batch.rows.get(spec.name, [])
+        for n, row in enumerate(rows):
+            values = kept.get(row[1])
+            if values is not None:
+                patched = list(row)
+                for i, value in zip(at, values):
+                    patched[i] = value
+                rows[n] = tuple(patched)
 
     def _replace_children(self, parent: TableSpec, spec: TableSpec, rows: list[tuple]) -> None:
         won = sql.Identifier(f"_won_{parent.name}")

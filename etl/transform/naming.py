@@ -91,6 +91,12 @@ class NameAllocator:
         self.by_name[name] = candidate
         return candidate
 
+    def release(self, identifier_: str) -> None:
+        """Forget an allocation that was rolled back."""
+        name = self.owner.pop(identifier_, None)
+        if name is not None:
+            self.by_name.pop(name, None)
+
 
 def _with_original(candidate: str, shown: str, name: str) -> str:
     # The hash suffix must identify the original name, not just how it reads.
