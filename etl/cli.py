@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -46,7 +47,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
         root.setLevel(level.upper())
     except ValueError:
         raise ConfigError(f"LOG_LEVEL {level!r} is not a log level (DEBUG, INFO, WARNING, ERROR)")
-    for noisy in ("urllib3", "alembic", "pgserver"):
+    for noisy in ("urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
@@ -55,6 +56,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         commcare_domain=getattr(args, "domain", None),
         streams=getattr(args, "stream", None),
         log_level=getattr(args, "log_level", None),
+        log_format=getattr(args, "log_format", None),
     )
     setup_logging(settings.log_level, settings.log_format)
     return settings
@@ -93,6 +95,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
                          f"{first.stream} [{first.domain}]: {first.error}")
         if all(isinstance(r.exception, LockBusyError) for r in failed):
             error.exit_code = ExitCode.LOCKED  # nothing failed: another run had the work
+        elif all(getattr(r.exception, "exit_code", None) == ExitCode.CONFIG for r in failed):
+            error.exit_code = ExitCode.CONFIG  # a setting to fix, not a fault to wait out
         raise error
     total = sum(r.records for r in reports)
     log.info("sync finished: %d stream(s), %d records", len(reports), total)
@@ -165,10 +169,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_embedded_db(args: argparse.Namespace) -> int:
+    from etl.db import embedded_url, start_embedded, stop_embedded
+
+    settings = _settings(args)
+    pgdata = settings.embedded_pg_dir
+    if args.action == "start":
+        print(f"running: psql '{start_embedded(pgdata)}'")
+    elif args.action == "stop":
+        print(f"stopped the embedded PostgreSQL in {pgdata}" if stop_embedded(pgdata)
+              else f"the embedded PostgreSQL in {pgdata} was not running")
+    else:
+        url = embedded_url(pgdata)
+        print(f"running: psql '{url}'" if url else
+              f"not running ({pgdata}); the next command that needs it starts it")
+    return ExitCode.OK
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from etl.simulator import serve
 
-    setup_logging(args.log_level or "INFO")
+    setup_logging(getattr(args, "log_level", None) or "INFO",
+                  getattr(args, "log_format", None) or os.environ.get("LOG_FORMAT", "text"))
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # nothing to finish: SIGTERM just ends it
     serve(host=args.host, port=args.port, domain=args.sim_domain, n_cases=args.cases,
           seed=args.seed, username=args.username, api_key=args.api_key,
@@ -180,7 +202,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from etl.demo import run_demo
 
     settings = _settings(args)
-    return run_demo(settings, n_cases=args.cases)
+    return run_demo(settings, n_cases=args.cases, use_database_url=args.use_database_url)
 
 
 # --- parser --------------------------------------------------------------------------------
@@ -194,11 +216,21 @@ def build_parser() -> argparse.ArgumentParser:
                "4 another run holds the lock, 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"commcare-etl {__version__}")
-    parser.add_argument("--log-level", help="DEBUG, INFO (default), WARNING or ERROR")
+    logging_options = argparse.ArgumentParser(add_help=False)
+    logging_options.add_argument("--log-level", default=argparse.SUPPRESS,
+                                 help="DEBUG, INFO (default), WARNING or ERROR (LOG_LEVEL)")
+    logging_options.add_argument("--log-format", choices=("text", "json"),
+                                 default=argparse.SUPPRESS,
+                                 help="text (default) or json, one object per line (LOG_FORMAT)")
+    for action in logging_options._actions:
+        parser._add_action(action)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, func: Callable, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    def add(name: str, func: Callable, help_text: str,
+            formatter: type = argparse.HelpFormatter) -> argparse.ArgumentParser:
+        # The logging options work before and after the command (`sync --log-level DEBUG`).
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           parents=[logging_options], formatter_class=formatter)
         p.set_defaults(func=func)
         return p
 
@@ -226,20 +258,31 @@ def build_parser() -> argparse.ArgumentParser:
     add("migrate", cmd_migrate, "Create or upgrade the warehouse tables, and nothing else.")
     add("status", cmd_status, "Show where each stream's checkpoint stands.")
 
+    p = add("embedded-db", cmd_embedded_db,
+            "Start, stop or show the embedded PostgreSQL (the warehouse while DATABASE_URL is "
+            "unset); it keeps running after other commands exit.")
+    p.add_argument("action", choices=("status", "start", "stop"))
+
     p = add("demo", cmd_demo, "Sync the built-in HQ simulator's sample data into PostgreSQL.")
     p.add_argument("--cases", type=int, default=500, help="sample cases to generate (default 500)")
+    p.add_argument("--use-database-url", action="store_true",
+                   help="write the sample data into the database DATABASE_URL names (by default "
+                        "the demo refuses to touch a configured warehouse)")
 
-    p = add("simulate", cmd_simulate, "Run the HQ simulator alone, for trying things by hand.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--domain", dest="sim_domain", default="demo")
-    p.add_argument("--cases", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--username", default="demo@example.org")
-    p.add_argument("--api-key", default="demo-key")
+    p = add("simulate", cmd_simulate, "Run the HQ simulator alone, for trying things by hand: "
+            "point COMMCARE_BASE_URL at it, with the username and API key below.",
+            argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--domain", dest="sim_domain", default="demo",
+                   help="the project space it serves")
+    p.add_argument("--cases", type=int, default=500, help="sample cases to generate")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    p.add_argument("--username", default="demo@example.org", help="the user it accepts")
+    p.add_argument("--api-key", default="demo-key", help="that user's API key")
     p.add_argument("--replicas", type=int, default=3,
                    help="search index copies answering case/form lists, each ordering records "
-                        "with equal indexed_on its own way, as HQ's do (default 3; 1: stable)")
+                        "with equal indexed_on its own way, as HQ's do (1: a stable order)")
     p.add_argument("--rate-limit", action="store_true",
                    help="answer 429 beyond HQ's per-project rate limit")
     return parser
@@ -249,6 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, stopping.on_sigterm)
+    # Until the settings are read (they may be what is wrong), log as the environment asks, so
+    # that with LOG_FORMAT=json even a configuration error is a JSON line.
+    early_format = getattr(args, "log_format", None) or os.environ.get("LOG_FORMAT", "text")
+    setup_logging("INFO", "json" if early_format.strip().lower() == "json" else "text")
+    logging.captureWarnings(True)  # library warnings become log lines too
     try:
         return args.func(args)
     except EtlError as exc:

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     @field_validator("streams")
     @classmethod
     def _known_streams(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(f"no stream given; choose from {list(STREAMS)} "
+                             f"(unset STREAMS for all of them)")
         unknown = [s for s in value if s not in STREAMS]
         if unknown:
             raise ValueError(f"unknown stream(s) {unknown}; choose from {list(STREAMS)}")
@@ -128,6 +131,11 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     """Read the settings, turning validation errors into one clear ConfigError."""
+    named = os.environ.get("COMMCARE_ETL_CONFIG")
+    if named and not Path(named).is_file():
+        raise ConfigError(f"COMMCARE_ETL_CONFIG names {named}, which is not a file: fix the "
+                          f"path, or unset COMMCARE_ETL_CONFIG to use {DEFAULT_CONFIG_FILE} "
+                          f"(if present)")
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:

@@ -32,21 +32,41 @@ def sqlalchemy_url(url: str) -> str:
 def start_embedded(pgdata: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL kept in `pgdata`; return its URL.
 
-    It keeps running after this process exits, so psql and BI tools can connect to it.
+    It keeps running after this process exits, so psql and BI tools can connect to it; later
+    runs reuse it, and `stop_embedded` stops it. See etl/embedded.py.
     """
+    from etl import embedded
+
     try:
-        import pgserver
-    except ImportError as exc:  # pragma: no cover - pgserver is a dependency
-        raise ConfigError("DATABASE_URL is unset and the embedded PostgreSQL (pgserver) "
-                          "is not installed: set DATABASE_URL") from exc
-    pgdata = pgdata.expanduser().resolve()
-    pgdata.mkdir(parents=True, exist_ok=True)
-    try:
-        server = pgserver.get_server(pgdata, cleanup_mode=None)
-    except Exception as exc:  # noqa: BLE001 - pgserver raises assorted errors
+        return embedded.start(pgdata).url
+    except embedded.EmbeddedUnavailable as exc:
+        raise ConfigError(f"DATABASE_URL is unset and no embedded PostgreSQL can run here: "
+                          f"{exc}. Set DATABASE_URL to a PostgreSQL server") from exc
+    except (embedded.EmbeddedError, OSError) as exc:
         raise EtlError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}. "
-                       f"Set DATABASE_URL to use your own PostgreSQL instead.") from exc
-    return server.get_uri()
+                       f"Set DATABASE_URL to use your own PostgreSQL instead") from exc
+
+
+def stop_embedded(pgdata: Path) -> bool:
+    """Stop the embedded PostgreSQL kept in `pgdata`; False if it was not running."""
+    from etl import embedded
+
+    try:
+        return embedded.stop(pgdata)
+    except (embedded.EmbeddedError, OSError) as exc:
+        raise EtlError(f"could not stop the embedded PostgreSQL in {pgdata}: {exc}") from exc
+
+
+def embedded_url(pgdata: Path) -> str | None:
+    """The URL of the embedded PostgreSQL running in `pgdata`, or None if it is not running."""
+    from etl import embedded
+
+    try:
+        server = embedded.status(pgdata)
+    except (embedded.EmbeddedError, OSError) as exc:
+        raise EtlError(f"cannot tell whether the embedded PostgreSQL in {pgdata} runs: "
+                       f"{exc}") from exc
+    return server.url if server else None
 
 
 def resolve_url(database_url: str | None, embedded_dir: Path) -> str:

@@ -10,9 +10,10 @@ import logging
 
 from pydantic import SecretStr
 
-from etl.config import Settings
+from etl import state
+from etl.config import STREAMS, Settings
 from etl.db import Warehouse
-from etl.errors import ExitCode
+from etl.errors import ConfigError, ExitCode
 from etl.sync import StreamReport, run_sync
 
 log = logging.getLogger(__name__)
@@ -21,14 +22,21 @@ DEMO_DOMAIN = "demo"
 DEMO_USER = ("demo@example.org", "demo-key")
 
 
-def run_demo(settings: Settings, n_cases: int = 500) -> int:
+def run_demo(settings: Settings, n_cases: int = 500, use_database_url: bool = False) -> int:
     from etl.simulator import Dataset, HQSimulator
 
+    if settings.database_url and not use_database_url:
+        raise ConfigError(
+            "DATABASE_URL is set: the demo would write its sample data (domain 'demo') into "
+            "that warehouse. Unset DATABASE_URL to run it in the embedded PostgreSQL, or pass "
+            "--use-database-url to write into that database anyway.")
     username, api_key = DEMO_USER
     dataset = Dataset.generate(domain=DEMO_DOMAIN, seed=0, n_cases=n_cases)
     warehouse = Warehouse.open(settings.database_url, settings.embedded_pg_dir,
                                settings.warehouse_schema)
     warehouse.migrate()
+    # Each demo starts a simulator of its own (a new address): it starts over, like a new HQ.
+    _forget_checkpoints(warehouse)
     with HQSimulator(datasets=[dataset], users={username: (api_key, None)}) as sim:
         demo_settings = settings.model_copy(update={
             "commcare_base_url": sim.base_url, "commcare_domain": [DEMO_DOMAIN],
@@ -49,9 +57,17 @@ def run_demo(settings: Settings, n_cases: int = 500) -> int:
         second = run_sync(demo_settings, warehouse)
         _print_reports("incremental sync", second)
 
+    # The checkpoints belong to the simulator that just stopped: a later `sync` against another
+    # server (`commcare-etl simulate`, or real HQ) starts afresh rather than refusing them.
+    _forget_checkpoints(warehouse)
     failed = [r for r in first + second if r.status != "ok"]
     _print_warehouse(warehouse, settings.warehouse_schema)
     return ExitCode.FAILURE if failed else ExitCode.OK
+
+
+def _forget_checkpoints(warehouse: Warehouse) -> None:
+    with warehouse.connect() as conn:
+        state.delete_checkpoints(conn, warehouse.schema, DEMO_DOMAIN, list(STREAMS))
 
 
 def _print_reports(title: str, reports: list[StreamReport]) -> None:

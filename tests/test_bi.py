@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 import psycopg
 import pytest
 
+from etl.load.bi import cell
 from etl.sync import run_sync
 from etl.transform.cases import SPECIAL_PROPERTIES
 from etl.transform.flatten import as_text, case_actions, flatten_form
@@ -55,7 +57,7 @@ def test_every_case_property_is_reachable_through_the_catalog(synced, db, schema
         for name, value in props.items():
             if name in SPECIAL_PROPERTIES:
                 continue
-            assert values[columns[(table, name)]] == as_text(value), (case_id, name)
+            assert values[columns[(table, name)]] == cell(as_text(value)), (case_id, name)
             checked += 1
         for identifier, index in (case.get("indices") or {}).items():
             assert values[columns[(table, f"index/{identifier}")]] == index["case_id"]
@@ -74,7 +76,7 @@ def test_every_question_value_is_reachable_through_the_catalog(synced, db, schem
         values = dict(zip([d.name for d in cur.description], cur.fetchone()))
         assert values["archived"] == record["archived"]
         for path, value in flat.root.values.items():
-            assert values[columns[(table, path)]] == value, (form_id, path)
+            assert values[columns[(table, path)]] == cell(value), (form_id, path)
             checked += 1
         for path, items in flat.repeats.items():
             rtable = tables[("repeat", f"{xmlns}#{path}")]
@@ -86,7 +88,7 @@ def test_every_question_value_is_reachable_through_the_catalog(synced, db, schem
             for item in items:
                 assert got[item.key]["parent_key"] == item.parent_key
                 for qpath, value in item.values.items():
-                    assert got[item.key][columns[(rtable, qpath)]] == value
+                    assert got[item.key][columns[(rtable, qpath)]] == cell(value)
                     checked += 1
             repeat_rows += len(items)
     assert checked > 300 and repeat_rows > 20
@@ -205,3 +207,31 @@ def test_bi_tables_can_be_turned_off(sim, schema, pg_url, warehouse, db):
     run_sync(settings, warehouse)
     assert db.execute(f'select count(*) from "{schema}".catalog_tables').fetchone()[0] == 0
     assert db.execute(f'select count(*) from "{schema}".cases').fetchone()[0] > 0
+
+
+def test_one_rule_for_missing_values_and_one_naming_rule_everywhere(synced, db, schema, warehouse):
+    sim, settings = synced
+    patient = next(i for i, c in sim.snapshot("demo", "case").items()
+                   if c["properties"]["case_type"] == "patient")
+    sim.update_cases("demo", [patient], {"dob": "1900-01-01", "notes": ""})
+    run_sync(settings, warehouse)
+    # HQ's placeholder and empty strings are NULL in every BI column; the base jsonb keeps them.
+    kept = db.execute(f"select properties->>'dob', properties->>'notes' from \"{schema}\".cases "
+                      f"where case_id = %s", (patient,)).fetchone()
+    assert kept == ("1900-01-01", "")
+    assert db.execute(f'select dob, notes from "{schema}".case_patient where case_id = %s',
+                      (patient,)).fetchone() == (None, None)
+    tables = [t for (t,) in db.execute(f"select table_name from \"{schema}\".catalog_tables "
+                                       f"where source_kind <> 'typed_view'")]
+    for table in tables:
+        columns = [c for (c,) in db.execute(
+            f"select column_name from \"{schema}\".catalog_columns where table_name = %s", (table,))]
+        for column in columns:
+            bad = db.execute(f'select count(*) from "{schema}"."{table}" where "{column}" = \'\' '
+                             f'or "{column}" like \'1900-01-01%%\'').fetchone()[0]
+            assert bad == 0, (table, column)
+    # A name with no ASCII is u_<hash> in case tables and form tables alike.
+    names = db.execute(f"select source_kind, column_name from \"{schema}\".catalog_columns "
+                       f"where original_path !~ '[A-Za-z0-9]'").fetchall()
+    assert {kind for kind, _ in names} >= {"case_property", "form_question"}, names
+    assert all(re.fullmatch(r"u_[0-9a-f]{8}", column) for _, column in names), names

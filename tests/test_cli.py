@@ -137,3 +137,74 @@ def test_reset_waits_for_a_running_sync_then_forgets_the_checkpoint(sim, schema,
     left = db.execute(f"select count(*) from \"{schema}\".sync_checkpoints "
                       f"where stream = 'cases'").fetchone()[0]
     assert left == 0
+
+
+def test_a_checkpoint_belongs_to_the_hq_server_it_was_read_from(sim_factory, schema, pg_url, db):
+    first, second = sim_factory(n_cases=20), sim_factory(n_cases=60, seed=5)
+    assert run_cli(["sync"], cli_env(first.base_url, schema, pg_url)).returncode == 0
+    env = cli_env(second.base_url, schema, pg_url)
+    moved = run_cli(["sync"], env)
+    assert moved.returncode == ExitCode.CONFIG, moved.stderr[-1500:]
+    last = moved.stderr.strip().splitlines()[-1]
+    assert first.base_url in last and "commcare-etl reset --resource all --domain demo" in last
+    assert run_cli(["reset", "--resource", "all"], env).returncode == 0
+    assert run_cli(["sync"], env).returncode == 0
+    # Everything of the second server is there (the first server's rows are kept too).
+    got = {r[0] for r in db.execute(f'select case_id from "{schema}".cases')}
+    assert set(second.snapshot("demo", "case")) <= got
+
+
+def test_demo_leaves_a_configured_warehouse_alone(schema, pg_url, tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMMCARE_", "WAREHOUSE_"))}
+    env.update({"DATABASE_URL": pg_url, "WAREHOUSE_SCHEMA": schema})
+    result = run_cli(["demo", "--cases", "10"], env, cwd=tmp_path)
+    assert result.returncode == ExitCode.CONFIG
+    assert "--use-database-url" in result.stderr
+    import psycopg
+
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("select count(*) from pg_namespace where nspname = %s",
+                            (schema,)).fetchone()[0] == 0
+
+
+def test_a_wrong_domain_is_a_configuration_error_said_once(sim, schema, pg_url):
+    env = cli_env(sim.base_url, schema, pg_url, COMMCARE_DOMAIN="no-such-project")
+    result = run_cli(["sync"], env)
+    assert result.returncode == ExitCode.CONFIG, result.stderr[-1500:]
+    assert result.stderr.count("404") == 2  # the failed stream, and the summary naming it
+    assert "COMMCARE_DOMAIN" in result.stderr.strip().splitlines()[-1]
+
+
+def test_configuration_mistakes_are_errors_not_a_silent_run_of_nothing(sim, schema, pg_url, tmp_path):
+    env = cli_env(sim.base_url, schema, pg_url)
+    empty = run_cli(["sync"], {**env, "STREAMS": ","})
+    assert empty.returncode == ExitCode.CONFIG and "STREAMS" in empty.stderr
+    missing = run_cli(["sync"], {**env, "COMMCARE_ETL_CONFIG": str(tmp_path / "nope.toml")})
+    assert missing.returncode == ExitCode.CONFIG and "nope.toml" in missing.stderr
+
+
+def test_with_log_format_json_every_line_is_json(sim, schema, pg_url):
+    import json
+
+    env = cli_env(sim.base_url, schema, pg_url, LOG_FORMAT="json")
+    for args, extra in ((["sync"], {}), (["sync"], {"STREAMS": "nope"}),
+                        (["sync"], {"COMMCARE_API_KEY": "wrong"})):
+        result = run_cli(args, {**env, **extra})
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert lines, result
+        for line in lines:
+            entry = json.loads(line)  # raises on a line that is not JSON
+            assert {"time", "level", "message"} <= set(entry)
+
+
+def test_logging_options_work_after_the_command_and_simulate_explains_itself(sim, schema, pg_url):
+    env = cli_env(sim.base_url, schema, pg_url)
+    result = run_cli(["sync", "--stream", "apps", "--log-level", "DEBUG", "--log-format", "json"], env)
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert '"level": "DEBUG"' in result.stderr
+    helped = run_cli(["simulate", "--help"], env)
+    assert helped.returncode == 0
+    for option, default in (("--port", "8000"), ("--cases", "500"), ("--replicas", "3")):
+        assert option in helped.stdout and f"default: {default}" in helped.stdout

@@ -13,7 +13,7 @@ def test_demo_syncs_the_simulator_into_the_embedded_postgres(tmp_path):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("COMMCARE_", "WAREHOUSE_", "DATABASE_URL"))}
     env.update(EMBEDDED_PG_DIR=str(tmp_path / "pgdata"),
-               COMMCARE_ETL_CONFIG=str(ROOT / "tests" / "no-such-config.toml"))
+               COMMCARE_ETL_CONFIG=str(ROOT / "tests" / "empty-config.toml"))
     try:
         result = run_cli(["demo", "--cases", "40"], env, timeout=300, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-2000:]
@@ -32,7 +32,6 @@ def test_demo_syncs_the_simulator_into_the_embedded_postgres(tmp_path):
         again = run_cli(["demo", "--cases", "40"], env, timeout=300, cwd=tmp_path)
         assert again.returncode == 0, again.stderr[-2000:]
     finally:
-        import pgserver
+        from etl.db import stop_embedded
 
-        if (tmp_path / "pgdata").exists():
-            pgserver.get_server(tmp_path / "pgdata", cleanup_mode="stop").cleanup()
+        stop_embedded(tmp_path / "pgdata")

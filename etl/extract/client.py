@@ -22,7 +22,8 @@ import tenacity
 from requests.adapters import HTTPAdapter
 
 from etl import __version__, jsonutil
-from etl.errors import AuthError, HQError, HQRequestRejected, HQUnreachable, MalformedResponse
+from etl.errors import (AuthError, HQError, HQNotFound, HQRequestRejected, HQUnreachable,
+                        MalformedResponse)
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class HQClient:
         if status in RETRY_STATUSES or status >= 500:
             raise _Retryable(f"HTTP {status}", retry_after=retry_after)
         if status == 404:
-            raise HQRequestRejected(
+            raise HQNotFound(
                 f"HQ answered 404 Not Found for {full_url}: check COMMCARE_BASE_URL and "
                 f"COMMCARE_DOMAIN (the project space name as in the HQ address bar)",
                 url=full_url, status=status,

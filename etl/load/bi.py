@@ -9,6 +9,7 @@ allocated once and never change. New properties and questions add columns as the
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -334,6 +335,18 @@ def _text(value: object) -> str | None:
     return value if type(value) is str else as_text(value)  # the common case, fast
 
 
+def cell(value: str | None) -> str | None:
+    """What a BI column holds for a value: one rule for every case, form and repeat table.
+    Missing is NULL, whether HQ sent nothing, an empty string, or its `1900-01-01` date
+    placeholder (the base tables' jsonb keeps exactly what HQ sent)."""
+    if not value or value.startswith("1900-01-01") and _PLACEHOLDER.fullmatch(value):
+        return None
+    return value
+
+
+_PLACEHOLDER = re.compile(r"1900-01-01(T00:00(:00(\.0+)?)?Z?)?")
+
+
 def column_comment(path: str, label: str | None) -> str:
     return f"{label} ({path})" if label else path
 
@@ -369,12 +382,13 @@ def _table_writes(info: TableInfo, ids: list[str], id_column: str, fixed_columns
         dynamic = by_table.get(table, [])
         if table == info.name:
             columns = fixed_columns + [c for _, c in dynamic]
-            rows = [fixed + tuple(values.get(p) for p, _ in dynamic) for fixed, values in records]
+            rows = [fixed + tuple(cell(values.get(p)) for p, _ in dynamic)
+                    for fixed, values in records]
         else:
             columns = list(KEYS[info.kind]) + [c for _, c in dynamic]
             rows = []
             for fixed, values in records:
-                part = tuple(values.get(p) for p, _ in dynamic)
+                part = tuple(cell(values.get(p)) for p, _ in dynamic)
                 if any(v is not None for v in part):
                     rows.append(fixed[:n_key] + part)
         writes.append(_Write(table, ids, columns, rows, id_column))

@@ -270,7 +270,8 @@ class Loader:
                 if target.after:
                     target.after(self, domain, batch, context)
             if target.snapshot:
-                result.inserted = self._replace_snapshot(target.snapshot, domain, batch)
+                result.inserted, result.updated = self._replace_snapshot(
+                    target.snapshot, domain, batch)
                 if target.after:
                     target.after(self, domain, batch, context)
             result.rejected = len(batch.rejects)  # the BI step may have added some
@@ -284,16 +285,25 @@ class Loader:
                                  requests=requests, cursor=cursor)
         return result
 
-    def _replace_snapshot(self, specs: tuple[TableSpec, ...], domain: str, batch: Batch) -> int:
-        written = 0
-        for spec in specs:
+    def _replace_snapshot(self, specs: tuple[TableSpec, ...], domain: str,
+                          batch: Batch) -> tuple[int, int]:
+        """Replace the domain's rows of every table; count, by the first table's rows (one per
+        app), what is new and what changed, comparing each with the row it replaces."""
+        counts = (0, 0)
+        for n, spec in enumerate(specs):
+            rows = list({row[:len(spec.key)]: row for row in batch.rows.get(spec.name, [])}.values())
+            if n == 0:
+                columns = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
+                old = {tuple(r[:len(spec.key)]): tuple(r) for r in self.conn.execute(sql.SQL(
+                    "select {} from {} where domain = %s").format(columns, self._table(spec.name)),
+                    (domain,))}
+                counts = (sum(row[:len(spec.key)] not in old for row in rows),
+                          sum(old.get(row[:len(spec.key)]) not in (None, row) for row in rows))
             self.conn.execute(sql.SQL("delete from {} where domain = %s").format(
                 self._table(spec.name)), (domain,))
-            rows = list({row[:len(spec.key)]: row for row in batch.rows.get(spec.name, [])}.values())
             if rows:
                 self._copy(self._table(spec.name), spec, rows)
-                written += len(rows)
-        return written
+        return counts
 
     def _upsert_main(self, spec: TableSpec, rows: list[tuple]) -> tuple[int, int]:
         stage = self._stage(spec)

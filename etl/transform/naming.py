@@ -106,5 +106,6 @@ def _with_original(candidate: str, shown: str, name: str) -> str:
 
 
 def path_identifier_base(segments: list[str]) -> str:
-    """'group', 'question' -> 'group__question': groups joined by a double underscore."""
-    return "__".join(readable(s) or "u" for s in segments)
+    """'group', 'question' -> 'group__question': groups joined by a double underscore. A
+    segment with no ASCII at all reads as `u_<hash>`, as a case property of that name does."""
+    return "__".join(readable(s) or f"u_{short_hash(s)}" for s in segments)
