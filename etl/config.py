@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -98,7 +99,11 @@ class Settings(BaseSettings):
     @field_validator("commcare_base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
-        return value.rstrip("/")
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"{value!r} is not an HQ address; it looks like "
+                             f"https://www.commcarehq.org (or https://india.commcarehq.org)")
+        return value.strip().rstrip("/")
 
     @classmethod
     def settings_customise_sources(

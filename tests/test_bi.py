@@ -184,6 +184,15 @@ def test_data_dictionary_labels_comments_and_typed_views(synced, db, schema):
                        f"where data_type in ('Int', 'Decimal', 'Date', 'DateTime')").fetchall()
     assert typed
     for (table,) in typed:
+        # The typed view carries its table's column comments (BI tools show them).
+        commented = db.execute(
+            "select count(*) filter (where col_description(format('%%I.%%I', %s::text, %s::text)::regclass, "
+            "ordinal_position) is not null) from information_schema.columns "
+            "where table_schema = %s and table_name = %s", (schema, f"{table}_typed", schema,
+                                                           f"{table}_typed")).fetchone()[0]
+        labelled_here = db.execute(f'select count(*) from "{schema}".catalog_columns '
+                                   f'where table_name = %s', (table,)).fetchone()[0]
+        assert commented >= labelled_here > 0, table
         view_types = dict(db.execute(
             "select column_name, data_type from information_schema.columns "
             "where table_schema = %s and table_name = %s", (schema, f"{table}_typed")).fetchall())

@@ -183,6 +183,8 @@ def test_configuration_mistakes_are_errors_not_a_silent_run_of_nothing(sim, sche
     assert empty.returncode == ExitCode.CONFIG and "STREAMS" in empty.stderr
     missing = run_cli(["sync"], {**env, "COMMCARE_ETL_CONFIG": str(tmp_path / "nope.toml")})
     assert missing.returncode == ExitCode.CONFIG and "nope.toml" in missing.stderr
+    no_scheme = run_cli(["sync"], {**env, "COMMCARE_BASE_URL": "www.commcarehq.org"})
+    assert no_scheme.returncode == ExitCode.CONFIG and "COMMCARE_BASE_URL" in no_scheme.stderr
 
 
 def test_with_log_format_json_every_line_is_json(sim, schema, pg_url):
