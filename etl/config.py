@@ -74,6 +74,10 @@ class Settings(BaseSettings):
         900.0, ge=0, description="Re-read this window before the checkpoint on every run."
     )
 
+    # --- Scheduling ---
+    schedule: str = Field(
+        "15m", description="How often `run` syncs: an interval (15m, 1h) or a cron expression.")
+
     # --- Logging ---
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"

@@ -244,3 +244,19 @@ def test_one_rule_for_missing_values_and_one_naming_rule_everywhere(synced, db, 
                        f"where original_path !~ '[A-Za-z0-9]'").fetchall()
     assert {kind for kind, _ in names} >= {"case_property", "form_question"}, names
     assert all(re.fullmatch(r"u_[0-9a-f]{8}", column) for _, column in names), names
+
+
+def test_case_properties_are_labelled_and_typed_from_the_app(synced, db, schema):
+    table = db.execute(f"select table_name from \"{schema}\".catalog_tables "
+                       f"where source_kind = 'case_type' and source_name = 'patient'").fetchone()[0]
+    dob = db.execute(f"select column_name, label, data_type from \"{schema}\".catalog_columns "
+                     f"where table_name = %s and original_path = 'dob'", (table,)).fetchone()
+    assert dob[1] and dob[2] == "Date", dob  # from the form question that saves it
+    comment = db.execute("select col_description(%s::regclass, a.attnum) from pg_attribute a "
+                         "where a.attrelid = %s::regclass and a.attname = %s",
+                         (f'"{schema}"."{table}"', f'"{schema}"."{table}"', dob[0])).fetchone()[0]
+    assert comment.startswith(dob[1])
+    view_types = dict(db.execute(
+        "select column_name, data_type from information_schema.columns "
+        "where table_schema = %s and table_name = %s", (schema, f"{table}_typed")).fetchall())
+    assert view_types[dob[0]] == "date"  # case tables get typed views like the forms

@@ -35,6 +35,19 @@ def test_compose_runs_the_sync_job_against_its_postgres():
     assert any(v.startswith("warehouse-data:") for v in pg["volumes"])
 
 
+def test_compose_schedules_the_job_and_keeps_a_one_shot_sync():
+    services = _compose()["services"]
+    job, once = services["scheduler"], services["sync"]
+    assert job["command"] == ["run"] and job["restart"] == "unless-stopped"
+    assert job["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "SCHEDULE" in job["environment"]
+    assert once["profiles"] == ["manual"]  # `docker compose up` starts only the scheduler
+    # Both run the same image with the same settings.
+    assert job["environment"]["DATABASE_URL"] == once["environment"]["DATABASE_URL"]
+    assert job["volumes"] == once["volumes"]
+    assert 'CMD ["run"]' in (ROOT / "Dockerfile").read_text()
+
+
 def test_compose_keeps_the_warehouse_off_the_network_and_the_settings_file_in_reach():
     services = _compose()["services"]
     assert services["postgres"]["ports"] == ["127.0.0.1:5432:5432"]
@@ -48,8 +61,9 @@ def test_compose_keeps_the_warehouse_off_the_network_and_the_settings_file_in_re
 
 def test_compose_passes_only_settings_commcare_etl_knows():
     known = {name.upper() for name in Settings.model_fields}
-    env = _compose()["services"]["sync"]["environment"]
-    assert set(env) <= known, set(env) - known
+    for service in ("sync", "scheduler"):
+        env = _compose()["services"][service]["environment"]
+        assert set(env) <= known, set(env) - known
     assert {"COMMCARE_DOMAIN", "COMMCARE_USERNAME", "COMMCARE_API_KEY"} <= set(env)
 
 

@@ -37,6 +37,7 @@ BASE_TABLES = frozenset({
     "cases", "case_indices", "forms", "sync_checkpoints", "dead_letters", "sync_runs",
     "catalog_tables", "catalog_columns", "form_case_actions", "apps", "app_modules",
     "app_case_properties", "app_forms", "app_questions", "alembic_version", "bi_pending",
+    "app_case_property_questions",
 })
 CASE_FIXED = (
     ("domain", "text not null"), ("case_id", "text not null"), ("case_type", "text"),
@@ -183,10 +184,8 @@ class Catalog:
             "('r', 'v', 'm', 'p', 'f')", (self.schema,)).fetchall())
         self.table_names = NameAllocator(
             owners, reserved=set(BASE_TABLES) | (set(self.relations) - set(owners)))
-        self.labels = {
-            (xmlns, path): (label, qtype) for xmlns, path, label, qtype in self.conn.execute(
-                sql.SQL("select distinct on (xmlns, path) xmlns, path, label, type from {} "
-                        "order by xmlns, path, app_id").format(self.t("app_questions")))}
+        self.labels = {(source, path): (label, qtype) for _, source, path, label, qtype
+                       in self.conn.execute(dictionary_sql(self.schema))}
         self.form_names = dict(self.conn.execute(sql.SQL(
             "select distinct on (xmlns) xmlns, name from {} where name is not null "
             "order by xmlns, app_id").format(self.t("app_forms"))).fetchall())
@@ -765,21 +764,57 @@ def _replace_view(catalog: Catalog, table: str, view: str, columns: list[str],
     return f"view {view} is in use (a BI user's open transaction): it is rebuilt on a later run"
 
 
+def dictionary_sql(schema: str) -> sql.Composed:
+    """The apps' data dictionary, one row per (source_kind, source_name, path): the label and
+    type of each form question, and of each case property — from the question that saves to
+    it where the app document says (app_case_property_questions), otherwise from a question of
+    the same name in a form of a module of that case type (HQ's API does not say which
+    question saves which property; CommCare's form builder names them alike by default)."""
+    return sql.SQL("""
+        select 'form_question', xmlns, path, label, type from (
+            select distinct on (xmlns, path) xmlns, path, label, type from {s}.app_questions
+            order by xmlns, path, app_id) q
+        union all
+        select 'case_property', case_type, property, label, type from (
+            select distinct on (case_type, property) case_type, property, label, type from (
+                select p.case_type, p.property, q.label, q.type, 0 as rank, a.version,
+                       p.app_id, q.position
+                from {s}.app_case_property_questions p
+                join {s}.app_questions q on q.domain = p.domain and q.app_id = p.app_id
+                 and q.xmlns = p.xmlns and q.path = p.question_path
+                join {s}.apps a on a.domain = p.domain and a.app_id = p.app_id
+                union all
+                select m.case_type, regexp_replace(q.path, '^.*/', ''), q.label, q.type, 1,
+                       a.version, q.app_id, q.position
+                from {s}.app_questions q
+                join {s}.app_forms f on f.domain = q.domain and f.app_id = q.app_id
+                 and f.xmlns = q.xmlns
+                join {s}.app_modules m on m.domain = f.domain and m.app_id = f.app_id
+                 and m.module_id = f.module_id
+                join {s}.apps a on a.domain = q.domain and a.app_id = q.app_id
+                where m.case_type is not null and m.case_type <> ''
+                  and coalesce(q.type, '') not in ('Group', 'Repeat', 'FieldList', 'Trigger')
+            ) candidates
+            order by case_type, property, rank, version desc nulls last, app_id, position) c
+    """).format(s=sql.Identifier(schema))
+
+
 def apply_app_labels(conn: psycopg.Connection, schema: str) -> list[tuple[str, str]]:
-    """Copy question labels and types from the apps into the catalog and the column comments.
-    Returns the (table, column) whose type changed: their typed views and counts follow."""
+    """Copy labels and types from the apps' data dictionary into the catalog and the column
+    comments, for form questions and case properties alike. Returns the (table, column) whose
+    type changed: their typed views and counts follow."""
     s = sql.Identifier(schema)
     changed = conn.execute(sql.SQL("""
         update {s}.catalog_columns c set label = q.label, data_type = q.type
-        from (select distinct on (xmlns, path) xmlns, path, label, type from {s}.app_questions
-              order by xmlns, path, app_id) q, {s}.catalog_columns old
-        where c.source_kind = 'form_question' and c.source_name = q.xmlns
+        from ({dictionary}) q (source_kind, source_name, path, label, type),
+             {s}.catalog_columns old
+        where c.source_kind = q.source_kind and c.source_name = q.source_name
           and c.original_path = q.path
           and old.table_name = c.table_name and old.column_name = c.column_name
           and (c.label is distinct from q.label or c.data_type is distinct from q.type)
         returning c.table_name, c.column_name, c.original_path, c.label,
                   old.data_type is distinct from q.type
-    """).format(s=s)).fetchall()
+    """).format(s=s, dictionary=dictionary_sql(schema))).fetchall()
     for table, column, path, label, _ in changed:
         conn.execute(sql.SQL("comment on column {}.{}.{} is {}").format(
             s, sql.Identifier(table), sql.Identifier(column),

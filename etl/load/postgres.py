@@ -67,6 +67,9 @@ APP_TABLES = (
               ("domain", "app_id", "form_id")),
     TableSpec("app_questions", ("domain", "app_id", "xmlns", "path", "position", "label", "type",
                                 "repeat", "group", "options"), ("domain", "app_id", "xmlns", "path")),
+    TableSpec("app_case_property_questions",
+              ("domain", "app_id", "case_type", "property", "xmlns", "question_path"),
+              ("domain", "app_id", "case_type", "property", "xmlns", "question_path")),
 )
 
 
@@ -291,14 +294,19 @@ class Loader:
         app), what is new and what changed, comparing each with the row it replaces."""
         counts = (0, 0)
         for n, spec in enumerate(specs):
-            rows = list({row[:len(spec.key)]: row for row in batch.rows.get(spec.name, [])}.values())
+            at = [spec.columns.index(k) for k in spec.key]  # the key is not always a prefix
+
+            def key(row: tuple) -> tuple:
+                return tuple(row[i] for i in at)
+
+            rows = list({key(row): row for row in batch.rows.get(spec.name, [])}.values())
             if n == 0:
                 columns = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
-                old = {tuple(r[:len(spec.key)]): tuple(r) for r in self.conn.execute(sql.SQL(
+                old = {key(tuple(r)): tuple(r) for r in self.conn.execute(sql.SQL(
                     "select {} from {} where domain = %s").format(columns, self._table(spec.name)),
                     (domain,))}
-                counts = (sum(row[:len(spec.key)] not in old for row in rows),
-                          sum(old.get(row[:len(spec.key)]) not in (None, row) for row in rows))
+                counts = (sum(key(row) not in old for row in rows),
+                          sum(old.get(key(row)) not in (None, row) for row in rows))
             self.conn.execute(sql.SQL("delete from {} where domain = %s").format(
                 self._table(spec.name)), (domain,))
             if rows:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import parse_qsl, urlencode
 
-from etl.simulator import auth
+from etl.simulator import appdef, auth
 from etl.simulator.faults import THROTTLED_MESSAGE
 from etl.simulator.hqtime import fmt_us
 from etl.simulator.query import (
@@ -189,15 +189,19 @@ def _applications(store: Store, domain: Domain, request: Request, r: Route,
                   pairs: list[tuple[str, str]]) -> Response:
     if request.method not in ("GET", "HEAD"):
         return empty(405, Allow="GET")
+    apps = domain.apps
+    extras = [v for k, v in pairs if k == "extras"][-1:]  # HQ: request.GET.get (the last),
+    if extras and extras[0].lower() in ("true", "yes", "1"):  # then string_to_boolean
+        apps = [appdef.with_extras(a, domain.name) for a in apps]
     if r.rest:
         app_id = r.rest.rstrip("/")
-        app = next((a for a in domain.apps if a["id"] == app_id), None)
+        app = next((a for a in apps if a["id"] == app_id), None)
         if app is None:
             return empty(404)
         return Response(200, json.dumps(app, sort_keys=True, ensure_ascii=False).encode())
     # DoesNothingPaginator: every app at once, limit/offset ignored.
     body = {"meta": {"limit": None, "next": None, "offset": 0, "previous": None,
-                     "total_count": len(domain.apps)}, "objects": domain.apps}
+                     "total_count": len(apps)}, "objects": apps}
     return Response(200, json.dumps(body, sort_keys=True, ensure_ascii=False).encode())
 
 

@@ -1,10 +1,12 @@
-"""The simulated project's applications: form definitions, rendered two ways.
+"""The simulated project's applications: form definitions, rendered three ways.
 
 Each form is a tree of questions, groups and repeats. `render` turns it into a submission's
 `form` JSON the way HQ converts the XML (groups are objects; a repeat is a list when it has
 several items, a single object when it has one, and absent when it has none); `questions`
 turns it into the Application Structure API's question dicts (keys as HQ's
-`XForm.get_questions(include_groups=True, include_translations=True)` emits them).
+`XForm.get_questions(include_groups=True, include_translations=True)` emits them);
+`application_document` gives the app as HQ stores it (the Couch `Application` document), with
+each form's case `actions` saying which question saves which case property.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Repeat:
     label: str
     children: tuple["Node", ...]
     from_members: bool = False  # items are the ctx's members (each with its own case block)
+    subcase_type: str = ""  # with from_members: the case type each item's block creates
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class FormDef:
     case_type: str
     children: tuple[Node, ...]
     unique_id: str
+    registers: bool = False  # opens its module's case (else, with a case type, it updates one)
 
 
 @dataclass(frozen=True)
@@ -107,11 +111,14 @@ def _opts(*values: str) -> tuple[tuple[str, str], ...]:
 
 
 def _case(prop: str, fallback: Gen | None = None) -> Gen:
+    """The answer is the case's value of `prop`: the question saves to that property (the
+    app's form actions say so, see `form_actions`)."""
     def gen(ctx: FormCtx) -> Any:
         value = ctx.case.get(prop)
         if value is None and fallback is not None:
             return fallback(ctx)
         return "" if value is None else value
+    gen.saves = prop  # type: ignore[attr-defined]
     return gen
 
 
@@ -156,10 +163,10 @@ HH_REG = FormDef("hh_reg", "Register Household", _xmlns(1), "household", (
         Q("member_sex", "Select", "Sex", _opts("male", "female"), _case("sex")),
         Q("member_dob", "Date", "Date of birth", gen=_case("dob")),
         CaseSlot(),
-    ), from_members=True),
+    ), from_members=True, subcase_type="patient"),
     Hidden("member_count", "count(/data/members)", lambda ctx: str(len(ctx.members))),
     CaseSlot(),
-), _uid(11))
+), _uid(11), registers=True)
 
 HH_VISIT = FormDef("hh_visit", "Household Visit", _xmlns(2), "household", (
     Q("visit_date", "Date", "Visit date", gen=lambda ctx: fmt_date(ctx.t)),
@@ -188,7 +195,7 @@ PT_REG = FormDef("pt_reg", "Register Patient", _xmlns(3), "patient", (
         Q("edd", "Date", "Expected delivery date", gen=_case("edd")),
     )),
     CaseSlot(),
-), _uid(13))
+), _uid(13), registers=True)
 
 PT_VISIT = FormDef("pt_visit", "Patient Visit", _xmlns(4), "patient", (
     Q("visit_time", "DateTime", "Visit time"),
@@ -218,7 +225,7 @@ CT_REG = FormDef("ct_reg", "Register Contact", _xmlns(5), "contact", (
     Q("symptoms", "MSelect", "Symptoms", _opts("fever", "cough", "headache", "none"),
       _case("symptoms")),
     CaseSlot(),
-), _uid(15))
+), _uid(15), registers=True)
 
 CT_FOLLOWUP = FormDef("ct_followup", "Contact Follow-up", _xmlns(6), "contact", (
     Q("follow_up_date", "Date", "Follow-up date", gen=lambda ctx: fmt_date(ctx.t)),
@@ -421,3 +428,122 @@ def application_json(app: AppDef) -> dict:
         } for module in app.modules],
         "versions": builds,
     }
+
+
+# --- the app as HQ stores it (`?extras=true`) --------------------------------------------------
+# HQ's Couch `Application` document, basic modules only: `modules[].forms[].actions` is a
+# `FormActions` (`corehq/apps/app_manager/models.py`) in the current shape, where every saved
+# property is a `ConditionalCaseUpdate` {question_path, update_mode}. A question whose answer is
+# the case's value of a property (`_case(prop)`) saves to it: `case_name` through the open
+# action's `name_update`, the others through `update_case.update`; in a repeat whose items
+# carry their own case blocks (`from_members`), through that repeat's `subcases` entry.
+
+APP_BY_ID: dict[str, AppDef] = {a.app_id: a for a in APPS}
+
+
+def _condition(kind: str = "never") -> dict:
+    return {"doc_type": "FormActionCondition", "type": kind, "question": None, "answer": None,
+            "operator": "="}
+
+
+def _case_update(path: str | None) -> dict:
+    return {"doc_type": "ConditionalCaseUpdate", "question_path": path, "update_mode": "always"}
+
+
+def _saves(nodes: tuple[Node, ...], prefix: str, out: list[tuple[str, str]],
+           subcases: list[tuple[Repeat, str, list[tuple[str, str]]]]) -> None:
+    """(question path, case property) of the questions that save to the case at this level;
+    repeats with their own case blocks go to `subcases`. Questions in other repeats save to
+    no case (a basic module cannot save a repeat's answer to the form's case)."""
+    for node in nodes:
+        if isinstance(node, CaseSlot):
+            continue
+        path = f"{prefix}/{node.name}"
+        if isinstance(node, Q):
+            prop = getattr(node.gen, "saves", None)
+            if prop is not None:
+                out.append((path, prop))
+        elif isinstance(node, Group):
+            _saves(node.children, path, out, subcases)
+        elif isinstance(node, Repeat) and node.from_members:
+            inner: list[tuple[str, str]] = []
+            _saves(node.children, path, inner, subcases)
+            subcases.append((node, path, inner))
+
+
+def _name_and_update(saves: list[tuple[str, str]]) -> tuple[str | None, dict]:
+    name = next((path for path, prop in saves if prop == "case_name"), None)
+    return name, {prop: _case_update(path) for path, prop in saves if prop != "case_name"}
+
+
+def form_actions(form: FormDef) -> dict:
+    """The form's `FormActions`: registration forms open the module's case (and update it),
+    follow-ups update it, a repeat of members opens one child case per item; a form without a
+    case type does nothing (every action's condition `never`)."""
+    saves: list[tuple[str, str]] = []
+    subcases: list[tuple[Repeat, str, list[tuple[str, str]]]] = []
+    if form.case_type:
+        _saves(form.children, DATA, saves, subcases)
+    name, update = _name_and_update(saves)
+    opens = bool(form.case_type) and form.registers
+    return {
+        "doc_type": "FormActions",
+        # A registration form without a name question (Register Patient computes the name)
+        # keeps HQ's empty `name_update`.
+        "open_case": {"doc_type": "OpenCaseAction", "condition": _condition(
+            "always" if opens else "never"), "name_update": _case_update(name if opens else None),
+            "external_id": None},
+        "update_case": {"doc_type": "UpdateCaseAction",
+                        "condition": _condition("always" if update else "never"),
+                        "update": update},
+        "close_case": {"doc_type": "FormAction", "condition": _condition()},
+        "case_preload": {"doc_type": "PreloadAction", "condition": _condition(), "preload": {}},
+        "load_from_form": {"doc_type": "PreloadAction", "condition": _condition(), "preload": {}},
+        "usercase_update": {"doc_type": "UpdateCaseAction", "condition": _condition(),
+                            "update": {}},
+        "usercase_preload": {"doc_type": "PreloadAction", "condition": _condition(),
+                             "preload": {}},
+        "subcases": [{
+            "doc_type": "OpenSubCaseAction", "case_type": repeat.subcase_type,
+            "name_update": _case_update(_name_and_update(inner)[0]),
+            "case_properties": _name_and_update(inner)[1], "reference_id": "parent",
+            "repeat_context": path, "relationship": "child", "condition": _condition("always"),
+            "close_condition": _condition(),
+        } for repeat, path, inner in subcases],
+    }
+
+
+def application_document(app: AppDef, domain: str) -> dict:
+    """The current app as HQ stores it (a Couch `Application`, the fields that matter here)."""
+    version = app.builds[-1][1] + 1
+    return {
+        "_id": app.app_id, "doc_type": "Application", "domain": domain, "name": app.name,
+        "version": version, "copy_of": None, "is_released": False, "built_on": None,
+        "build_comment": None, "langs": ["en"], "application_version": "2.0",
+        "date_created": f"2023-0{5 + app.created_order}-01T08:00:00.000000Z",
+        "build_spec": {"doc_type": "BuildSpec", "version": "2.53.1", "build_number": None,
+                       "latest": None},
+        "modules": [{
+            "doc_type": "Module", "module_type": "basic", "name": {"en": module.name},
+            "case_type": module.case_type, "unique_id": module.unique_id,
+            "forms": [{
+                "doc_type": "Form", "form_type": "module_form", "unique_id": f.unique_id,
+                "xmlns": f.xmlns, "name": {"en": f.name}, "version": None,
+                "requires": "case" if f.case_type and not f.registers else "none",
+                "actions": form_actions(f),
+            } for f in module.forms],
+        } for module in app.modules],
+    }
+
+
+def with_extras(app_object: dict, domain: str) -> dict:
+    """One app object of `/api/v0.5/application/?extras=true`: HQ's
+    `ApplicationResource.dehydrate` (`corehq/apps/api/resources/v0_4.py`) starts from the stored
+    document and lays the API's own fields over it (`app_data.update(bundle.obj._doc)`, then
+    `app_data.update(bundle.data)`). So `id`, `name`, `version`, `modules`, `versions`, ... stay
+    as without extras, and the stored forms' `actions` do not come through: only the
+    document's other top-level fields (`doc_type`, `langs`, `date_created`, ...) are added."""
+    app = APP_BY_ID.get(app_object.get("id"))  # type: ignore[arg-type]
+    if app is None:
+        return dict(app_object)
+    return {**application_document(app, domain), **app_object}
