@@ -21,12 +21,18 @@ log = logging.getLogger("etl")
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        from etl import runinfo
+
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            **runinfo.fields(),
         }
+        counts = getattr(record, "counts", None)  # a stream's summary line: its numbers too
+        if isinstance(counts, dict):
+            entry.update(counts)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -81,8 +87,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    from etl import runinfo
     from etl.sync import run_sync
 
+    runinfo.begin("manual")
     settings = _settings(args)
     settings.require_hq_credentials()
     warehouse = _warehouse(settings)
@@ -104,6 +112,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from etl import runinfo
     from etl.schedule import Schedule, run_forever
     from etl.sync import run_sync
 
@@ -113,6 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     warehouse = _warehouse(settings)
 
     def turn() -> bool:
+        runinfo.begin("schedule")  # each turn is an invocation of its own
         warehouse.migrate()
         reports = run_sync(settings, warehouse)
         failed = [r for r in reports if r.status != "ok"]
@@ -139,9 +149,11 @@ def _one_domain(settings: Settings, given: str | None) -> str:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
+    from etl import runinfo
     from etl.dates import parse_user_date
     from etl.sync import run_backfill
 
+    runinfo.begin("backfill")
     settings = _settings(args)
     settings.require_hq_credentials()
     try:
@@ -176,20 +188,32 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from etl import state
+    from etl import state, status
 
     settings = _settings(args)
     warehouse = _warehouse(settings)  # only reads: no migration, no lock, nothing written
     with warehouse.connect() as conn:
         if not state.has_tables(conn, settings.warehouse_schema):
-            print(f"the warehouse has no commcare-etl tables in schema "
-                  f"{settings.warehouse_schema!r} yet: run `commcare-etl sync` (or `migrate`)")
+            report = {"version": status.SCHEMA_VERSION, "schema": settings.warehouse_schema,
+                      "streams": [], "dead_letters": 0}
+            if args.json:
+                print(json.dumps(report, indent=2))
+            else:
+                print(f"the warehouse has no commcare-etl tables in schema "
+                      f"{settings.warehouse_schema!r} yet: run `commcare-etl sync` (or `migrate`)")
             return ExitCode.OK
-        rows = state.list_checkpoints(conn, settings.warehouse_schema)
-    if not rows:
-        print("no checkpoints yet: nothing has been synced into this warehouse")
-    for domain, stream, cursor, updated_at in rows:
-        print(f"{domain}\t{stream}\t{json.dumps(cursor)}\tmoved {updated_at:%Y-%m-%d %H:%M:%S%z}")
+        report = status.collect(conn, settings.warehouse_schema)
+    if args.hq:
+        from etl.sync import make_client
+
+        settings.require_hq_credentials()
+        client = make_client(settings)
+        try:
+            for entry in report["streams"]:
+                status.ask_hq(entry, client, settings.case_api)
+        finally:
+            client.close()
+    print(json.dumps(report, indent=2) if args.json else status.render_text(report))
     return ExitCode.OK
 
 
@@ -287,7 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 900; then exit 4 having changed nothing)")
 
     add("migrate", cmd_migrate, "Create or upgrade the warehouse tables, and nothing else.")
-    add("status", cmd_status, "Show where each stream's checkpoint stands.")
+    p = add("status", cmd_status, "Show where each stream stands: checkpoint, last run, last "
+            "success, dead letters. Reads only.")
+    p.add_argument("--json", action="store_true", help="a stable JSON document, for monitoring")
+    p.add_argument("--hq", action="store_true",
+                   help="also ask HQ how much is newer than each checkpoint (one request each)")
 
     p = add("embedded-db", cmd_embedded_db,
             "Start, stop or show the embedded PostgreSQL (the warehouse while DATABASE_URL is "

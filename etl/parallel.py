@@ -49,8 +49,12 @@ def _portable(exc: BaseException, message: str) -> EtlError:
     return error
 
 
-def _job(settings: Settings, url: str, schema: str, domain: str, stream: str):
+def _job(settings: Settings, url: str, schema: str, domain: str, stream: str,
+         invocation: tuple[str, str]):
+    from etl import runinfo
     from etl.db import Warehouse
+
+    runinfo.begin(invocation[1], invocation[0])  # the parent's: one id for the whole command
     from etl.sync import failed_report, make_client, sync_stream
 
     warehouse = Warehouse(url, schema)
@@ -67,7 +71,7 @@ def _job(settings: Settings, url: str, schema: str, domain: str, stream: str):
 
 
 def run_parallel(settings: Settings, url: str, schema: str, jobs: list[tuple[str, str]],
-                 workers: int) -> list:
+                 workers: int, invocation: tuple[str, str]) -> list:
     """Run the jobs, `workers` at a time; reports come back in the order of `jobs`.
 
     A SIGTERM to this process is passed on to the workers, which stop as a sequential run
@@ -81,7 +85,7 @@ def run_parallel(settings: Settings, url: str, schema: str, jobs: list[tuple[str
                                    initargs=(settings.log_level, settings.log_format))
     processes = lambda: list(getattr(executor, "_processes", {}).values())  # noqa: E731
     try:
-        futures = {executor.submit(_job, settings, url, schema, d, s): i
+        futures = {executor.submit(_job, settings, url, schema, d, s, invocation): i
                    for i, (d, s) in enumerate(jobs)}
         reports: list = [None] * len(jobs)
         pending, forwarded = set(futures), False

@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from etl import runinfo
 from etl.errors import LockBusyError
 
 
@@ -120,9 +121,10 @@ def start_run(conn: psycopg.Connection, schema: str, command: str, domain: str, 
         "where domain = %s and stream = %s and command = %s and status = 'running'").format(
         _t(schema, "sync_runs")), (domain, stream, command))
     return conn.execute(sql.SQL(
-        "insert into {} (command, domain, stream, cursor_start) values (%s, %s, %s, %s) "
-        "returning id").format(_t(schema, "sync_runs")),
-        (command, domain, stream, Jsonb(cursor) if cursor is not None else None)).fetchone()[0]
+        "insert into {} (command, domain, stream, cursor_start, invocation, trigger) "
+        "values (%s, %s, %s, %s, %s, %s) returning id").format(_t(schema, "sync_runs")),
+        (command, domain, stream, Jsonb(cursor) if cursor is not None else None,
+         runinfo.invocation(), runinfo.trigger())).fetchone()[0]
 
 
 def count_page(conn: psycopg.Connection, schema: str, run_id: int, *, records: int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Callable, Iterator, TypeVar
 
 import psycopg
 
-from etl import state, stopping
+from etl import runinfo, state, stopping
 from etl.config import Settings
 from etl.dates import format_iso, parse_hq_datetime
 from etl.db import Warehouse
@@ -50,6 +51,13 @@ class StreamReport:
     error: str | None = None
     cursor: dict | None = None
     exception: BaseException | None = field(default=None, repr=False)
+
+    def counts(self) -> dict:
+        """The numbers of the summary, for JSON log lines."""
+        return {"domain": self.domain, "stream": self.stream, "command": self.command,
+                "status": self.status, "records": self.records, "inserted": self.inserted,
+                "updated": self.updated, "pages": self.pages, "requests": self.requests,
+                "dead_letters": self.rejected, "seconds": round(self.seconds, 3)}
 
     def summary(self) -> str:
         rate = self.records / self.seconds if self.seconds else 0.0
@@ -114,6 +122,38 @@ def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
         stop.set()
 
 
+class Progress:
+    """A progress bar per stream on a terminal (records, rate, and an ETA where HQ gave a
+    count); nothing elsewhere: logs, cron mails and JSON collectors get the plain lines."""
+
+    def __init__(self, label: str, log_format: str):
+        self.bar = None
+        self._logs = None
+        if log_format == "text" and sys.stderr.isatty():
+            from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self._logs = logging_redirect_tqdm()  # log lines print above the bar, not through it
+            self._logs.__enter__()
+            self.bar = tqdm(desc=label, unit=" records", leave=True, dynamic_ncols=True,
+                            file=sys.stderr)
+
+    def advance(self, records: int, total: int | None) -> None:
+        if self.bar is None:
+            return
+        if total and not self.bar.total:
+            self.bar.total = total
+        self.bar.update(records)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            if self.bar.total and self.bar.n > self.bar.total:  # boundary records re-read
+                self.bar.total = self.bar.n
+            self.bar.close()
+            self.bar = None
+            self._logs.__exit__(None, None, None)
+
+
 def make_client(settings: Settings) -> HQClient:
     return HQClient(
         settings.commcare_base_url, settings.commcare_username or "", settings.api_key,
@@ -133,7 +173,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
     checkpoint_stream = checkpoint_stream or stream_name
     transform, id_key = TRANSFORMS[stream_name]
     started = time.monotonic()
-    with warehouse.connect() as conn, state.stream_lock(
+    with runinfo.working_on(domain, stream_name), warehouse.connect() as conn, state.stream_lock(
             conn, warehouse.schema, domain, checkpoint_stream, settings.lock_wait_seconds,
             purpose=command):
         cursor = state.load_checkpoint(conn, warehouse.schema, domain, checkpoint_stream)
@@ -153,6 +193,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                         ddl_lock_timeout=settings.ddl_lock_timeout,
                         keep=getattr(stream, "unknown_columns", ()))
         last_progress = time.monotonic()
+        progress = Progress(f"{stream_name} [{domain}]", settings.log_format)
         try:
             rebuilt = loader.rebuild_pending(stream_name, domain)
             if rebuilt:
@@ -167,6 +208,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                 page.cursor = {**page.cursor, **cursor_extra}
                 _load(loader, page, batch, report, stream_name, domain, run_id,
                       checkpoint_stream, stream.requests_made)
+                progress.advance(batch.records, page.total)
                 stopping.check()  # between pages: the last one is committed
                 if time.monotonic() - last_progress > 30:
                     last_progress = time.monotonic()
@@ -176,7 +218,9 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                 _refresh_typed_views(loader)
             if forget_checkpoint_when_done:
                 state.delete_checkpoints(conn, warehouse.schema, domain, [checkpoint_stream])
+            progress.close()
         except BaseException as exc:
+            progress.close()
             report.status = "failed"
             report.error = str(exc) or type(exc).__name__
             report.exception = exc
@@ -189,7 +233,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
         report.requests = stream.requests_made
         report.seconds = time.monotonic() - started
         _finish(warehouse, conn, run_id, "ok", None, stream.requests_made)
-    log.info(report.summary())
+    log.info(report.summary(), extra={"counts": report.counts()})
     return report
 
 
@@ -283,7 +327,8 @@ def run_sync(settings: Settings, warehouse: Warehouse, *, streams: list[str] | N
         from etl.parallel import run_parallel
 
         url = warehouse.engine.url.render_as_string(hide_password=False)
-        parallel = run_parallel(settings, url, warehouse.schema, rest, settings.parallel_streams)
+        parallel = run_parallel(settings, url, warehouse.schema, rest, settings.parallel_streams,
+                                (runinfo.invocation(), runinfo.trigger()))
         for report in parallel:
             if isinstance(report.exception, (AuthError, Interrupted)):
                 raise report.exception

@@ -36,6 +36,7 @@ class Page:
     cursor: dict[str, Any]
     needs_cleaning: bool = False
     url: str = ""
+    total: int | None = None  # on a read's first page: HQ's count of what the read will cover
 
 
 @dataclass
@@ -146,14 +147,18 @@ class IndexedOnStream(Stream):
             yield from self._tie_pages(truncate_ms(start), end, window.tie)
             start = truncate_ms(start) + ONE_MS
         high_water = start
+        total = None
         while True:
             objects, meta, doc = self._fetch(self._params(start, end))
+            if total is None:  # the first answer counts everything from the start on
+                total = meta.get("total_count") if isinstance(meta.get("total_count"), int) else 0
             stamps = [s for s in map(_stamp, objects) if s is not None]
             if stamps:
                 high_water = max(high_water or stamps[-1], max(stamps))
             more = bool(objects) and meta.get("next") is not None
             if not more:
-                yield Page(objects, self._cursor(high_water), doc.needs_cleaning, doc.url)
+                yield Page(objects, self._cursor(high_water), doc.needs_cleaning, doc.url,
+                           total=total or None)
                 return
             first, last = stamps[0] if stamps else None, stamps[-1] if stamps else None
             if first is not None and first == last:
@@ -166,7 +171,9 @@ class IndexedOnStream(Stream):
                     raise HQError(
                         f"HQ's {self.path} list is not sorted by indexed_on ({doc.url}); "
                         f"cannot page through it safely", url=doc.url)
-                yield Page(objects, self._cursor(last), doc.needs_cleaning, doc.url)
+                yield Page(objects, self._cursor(last), doc.needs_cleaning, doc.url,
+                           total=total or None)
+                total = 0  # said once
                 start = last
 
     # --- one millisecond holding more than a page ---------------------------------------------
