@@ -95,16 +95,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
     settings.require_hq_credentials()
     warehouse = _warehouse(settings)
     warehouse.migrate()
-    reports = run_sync(settings, warehouse)
+    reports = run_sync(settings, warehouse, domains=[args.domain] if args.domain else None)
     failed = [r for r in reports if r.status != "ok"]
     if failed:
         first = failed[0]
         error = EtlError(f"{len(failed)} of {len(reports)} stream(s) failed; first: "
                          f"{first.stream} [{first.domain}]: {first.error}")
-        if all(isinstance(r.exception, LockBusyError) for r in failed):
-            error.exit_code = ExitCode.LOCKED  # nothing failed: another run had the work
-        elif all(getattr(r.exception, "exit_code", None) == ExitCode.CONFIG for r in failed):
-            error.exit_code = ExitCode.CONFIG  # a setting to fix, not a fault to wait out
+        # One kind of failure says what to do (4: nothing failed, another run had the work;
+        # 2: a setting to fix; 3: credentials); mixed kinds are 1.
+        codes = {getattr(r.exception, "exit_code", ExitCode.FAILURE) for r in failed}
+        error.exit_code = codes.pop() if len(codes) == 1 else ExitCode.FAILURE
         raise error
     total = sum(r.records for r in reports)
     log.info("sync finished: %d stream(s), %d records", len(reports), total)
@@ -140,11 +140,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _one_domain(settings: Settings, given: str | None) -> str:
     if given:
         return given
-    if len(settings.commcare_domain) == 1:
-        return settings.commcare_domain[0]
-    if not settings.commcare_domain:
+    domains = settings.domains()
+    if len(domains) == 1:
+        return domains[0]
+    if not domains:
         raise ConfigError("no domain: set COMMCARE_DOMAIN or pass --domain")
-    raise ConfigError(f"several domains are configured ({', '.join(settings.commcare_domain)}): "
+    raise ConfigError(f"several domains are configured ({', '.join(domains)}): "
                       f"pass --domain to say which one")
 
 
@@ -167,8 +168,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         raise ConfigError("--since must not be after --until")
     warehouse = _warehouse(settings)
     warehouse.migrate()
-    for domain in [args.domain] if args.domain else settings.commcare_domain:
-        report = run_backfill(settings, warehouse, args.resource, domain, since, until)
+    for domain in [args.domain] if args.domain else settings.domains():
+        report = run_backfill(settings.for_domain(domain), warehouse, args.resource, domain,
+                              since, until)
         print(report.summary())
     return ExitCode.OK
 

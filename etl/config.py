@@ -11,7 +11,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator,
+                      model_validator)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -30,6 +31,48 @@ def config_file() -> Path:
     return Path(os.environ.get("COMMCARE_ETL_CONFIG", DEFAULT_CONFIG_FILE))
 
 
+class Project(BaseModel):
+    """One project of several, each with its own credentials (README, "Many projects"). The
+    API key comes from an environment variable or a secrets file it names, never from the
+    settings file itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    domain: str
+    username: str | None = None
+    api_key_env: str | None = None
+    api_key_file: Path | None = None
+    base_url: str | None = None
+    streams: list[str] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_key_in_the_file(cls, data: object) -> object:
+        if isinstance(data, dict) and "api_key" in data:
+            raise ValueError("an API key never goes in the settings file: name an environment "
+                             "variable that holds it (api_key_env) or a secrets file "
+                             "(api_key_file)")
+        return data
+
+    def api_key(self) -> SecretStr | None:
+        if self.api_key_env:
+            value = os.environ.get(self.api_key_env)
+            if not value:
+                raise ConfigError(f"project {self.domain!r}: the environment variable "
+                                  f"{self.api_key_env} (its api_key_env) is not set")
+            return SecretStr(value)
+        if self.api_key_file:
+            return SecretStr(_read_secret(self.api_key_file, f"project {self.domain!r}"))
+        return None
+
+
+def _read_secret(path: Path, what: str) -> str:
+    try:
+        return path.expanduser().read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read the secrets file {path}: {exc.strerror}") from None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
@@ -42,6 +85,10 @@ class Settings(BaseSettings):
     )
     commcare_username: str | None = None
     commcare_api_key: SecretStr | None = None
+    commcare_api_key_file: Path | None = Field(
+        None, description="A file holding the API key (Docker/Kubernetes secrets).")
+    projects: list[Project] = Field(
+        default_factory=list, description="Several projects with credentials of their own.")
     case_api: Literal["v0.5", "v2"] = "v0.5"
     case_page_size: int = Field(5000, ge=1, le=5000)
     form_page_size: int = Field(1000, ge=1, le=1000)
@@ -121,7 +168,36 @@ class Settings(BaseSettings):
         toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
         return (init_settings, env_settings, dotenv_settings, toml, file_secret_settings)
 
+    def domains(self) -> list[str]:
+        """Every project space to sync: COMMCARE_DOMAIN's, then the `projects`' ones."""
+        listed = list(self.commcare_domain)
+        return listed + [p.domain for p in self.projects if p.domain not in listed]
+
+    def for_domain(self, domain: str) -> "Settings":
+        """The settings one project runs with: its own credentials, server and streams, if it
+        is one of `projects`, else these."""
+        project = next((p for p in self.projects if p.domain == domain), None)
+        key = self.commcare_api_key
+        if key is None and self.commcare_api_key_file:
+            key = SecretStr(_read_secret(self.commcare_api_key_file, "COMMCARE_API_KEY_FILE"))
+        if project is None:
+            return self if key is self.commcare_api_key else self.model_copy(
+                update={"commcare_api_key": key})
+        update: dict = {"commcare_domain": [domain], "commcare_api_key": project.api_key() or key}
+        if project.username:
+            update["commcare_username"] = project.username
+        if project.base_url:
+            update["commcare_base_url"] = self._strip_slash(project.base_url)
+        if project.streams:
+            update["streams"] = self._known_streams(project.streams)
+        return self.model_copy(update=update)
+
     def require_hq_credentials(self) -> None:
+        """Every project to sync has a domain, a username and an API key."""
+        for one in [self.for_domain(d) for d in self.domains()] or [self]:
+            one._require_credentials()
+
+    def _require_credentials(self) -> None:
         missing = [
             name.upper()
             for name in ("commcare_domain", "commcare_username", "commcare_api_key")

@@ -55,6 +55,7 @@ def _job(settings: Settings, url: str, schema: str, domain: str, stream: str,
     from etl.db import Warehouse
 
     runinfo.begin(invocation[1], invocation[0])  # the parent's: one id for the whole command
+    settings = settings.for_domain(domain)
     from etl.sync import failed_report, make_client, sync_stream
 
     warehouse = Warehouse(url, schema)

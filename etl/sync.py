@@ -310,19 +310,19 @@ def _describe(window: Window) -> str:
 
 def run_sync(settings: Settings, warehouse: Warehouse, *, streams: list[str] | None = None,
              domains: list[str] | None = None) -> list[StreamReport]:
-    """Sync every configured (domain, stream). An auth failure stops the run; any other
-    failure is reported and the remaining streams still run.
+    """Sync every configured (domain, stream), each project with its own credentials. A
+    failure is reported and the other streams and projects still run; a project whose
+    credentials or settings are wrong fails once and its other streams are skipped.
 
     `apps` goes first (the form tables take names, labels and repeats from it); the other
     streams run PARALLEL_STREAMS at a time, each in its own process when more than one.
     """
-    jobs = [(d, s) for d in domains or settings.commcare_domain for s in streams or settings.streams]
+    jobs = [(d, s) for d in domains or settings.domains()
+            for s in streams or settings.for_domain(d).streams]
     first = [job for job in jobs if job[1] == "apps"]
     reports = _run_in_turn(settings, warehouse, first)
-    # A domain whose settings are wrong (HQ has no such project, another server's checkpoint)
-    # fails once, not once per stream.
-    misconfigured = {r.domain for r in reports if _is_config_error(r.exception)}
-    rest = [job for job in jobs if job[1] != "apps" and job[0] not in misconfigured]
+    given_up = {r.domain for r in reports if _gives_up_domain(r.exception)}
+    rest = [job for job in jobs if job[1] != "apps" and job[0] not in given_up]
     if settings.parallel_streams > 1 and len(rest) > 1:
         from etl.parallel import run_parallel
 
@@ -330,7 +330,7 @@ def run_sync(settings: Settings, warehouse: Warehouse, *, streams: list[str] | N
         parallel = run_parallel(settings, url, warehouse.schema, rest, settings.parallel_streams,
                                 (runinfo.invocation(), runinfo.trigger()))
         for report in parallel:
-            if isinstance(report.exception, (AuthError, Interrupted)):
+            if isinstance(report.exception, Interrupted):
                 raise report.exception
         reports += parallel
     else:
@@ -341,27 +341,34 @@ def run_sync(settings: Settings, warehouse: Warehouse, *, streams: list[str] | N
 def _run_in_turn(settings: Settings, warehouse: Warehouse,
                  jobs: list[tuple[str, str]]) -> list[StreamReport]:
     reports: list[StreamReport] = []
-    if not jobs:
-        return reports
-    client = make_client(settings)
-    misconfigured: set[str] = set()
+    clients: dict[str, HQClient] = {}
+    given_up: set[str] = set()
     try:
         for domain, stream_name in jobs:
             stopping.check()
-            if domain in misconfigured:
+            if domain in given_up:
                 continue
             try:
-                reports.append(sync_stream(settings, warehouse, client, domain, stream_name))
-            except (AuthError, Interrupted):
+                project = settings.for_domain(domain)
+                if domain not in clients:
+                    clients[domain] = make_client(project)
+                reports.append(sync_stream(project, warehouse, clients[domain], domain,
+                                           stream_name))
+            except Interrupted:
                 raise
             except Exception as exc:  # noqa: BLE001 - one stream's failure does not stop the rest
                 reports.append(failed_report(domain, stream_name, exc))
-                if _is_config_error(exc):
-                    misconfigured.add(domain)
-
+                if _gives_up_domain(exc):
+                    given_up.add(domain)
     finally:
-        client.close()
+        for client in clients.values():
+            client.close()
     return reports
+
+
+def _gives_up_domain(exc: BaseException | None) -> bool:
+    """Wrong credentials or settings fail every stream of the project alike: say it once."""
+    return isinstance(exc, AuthError) or _is_config_error(exc)
 
 
 def _is_config_error(exc: BaseException | None) -> bool:
