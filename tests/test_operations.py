@@ -42,6 +42,9 @@ def test_status_json_is_the_documented_contract(sim, schema, pg_url):
     assert forms["last_success_at"] is not None  # the first sync
     text = run_cli(["status"], env).stdout
     assert "demo\tforms" in text and "failed" in text
+    assert run_cli(["status", "--healthy"], env).returncode == 1  # the forms run failed
+    assert run_cli(["sync"], env).returncode == 0
+    assert run_cli(["status", "--healthy"], env).returncode == 0
 
 
 def test_the_streams_of_one_command_share_an_invocation_and_say_what_triggered_them(

@@ -45,7 +45,13 @@ def test_compose_schedules_the_job_and_keeps_a_one_shot_sync():
     # Both run the same image with the same settings.
     assert job["environment"]["DATABASE_URL"] == once["environment"]["DATABASE_URL"]
     assert job["volumes"] == once["volumes"]
-    assert 'CMD ["run"]' in (ROOT / "Dockerfile").read_text()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'CMD ["run"]' in dockerfile
+    assert re.search(r'^HEALTHCHECK .*\n?.*CMD \["commcare-etl", "status", "--healthy"\]', dockerfile,
+                     re.M)
+    bi = services["metabase"]
+    assert bi["profiles"] == ["bi"] and bi["ports"] == ["127.0.0.1:3000:3000"]
+    assert bi["depends_on"]["postgres"]["condition"] == "service_healthy"
 
 
 def test_compose_keeps_the_warehouse_off_the_network_and_the_settings_file_in_reach():
