@@ -8,53 +8,15 @@ import logging
 import os
 import signal
 import sys
-import time
 from datetime import timedelta
 from typing import Callable, Sequence
 
 from etl import __version__, stopping
-from etl.config import STREAMS, Settings, load_settings
-from etl.errors import ConfigError, EtlError, ExitCode, LockBusyError
+from etl.config import Settings, load_settings
+from etl.errors import ConfigError, EtlError, ExitCode
+from etl.logs import setup_logging
 
 log = logging.getLogger("etl")
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        from etl import runinfo
-
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            **runinfo.fields(),
-        }
-        counts = getattr(record, "counts", None)  # a stream's summary line: its numbers too
-        if isinstance(counts, dict):
-            entry.update(counts)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                      "%Y-%m-%dT%H:%M:%SZ")
-        formatter.converter = time.gmtime
-        handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    try:
-        root.setLevel(level.upper())
-    except ValueError:
-        raise ConfigError(f"LOG_LEVEL {level!r} is not a log level (DEBUG, INFO, WARNING, ERROR)")
-    for noisy in ("urllib3", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -182,7 +144,9 @@ def cmd_reset(args: argparse.Namespace) -> int:
     domain = _one_domain(settings, args.domain)
     warehouse = _warehouse(settings)
     warehouse.migrate()
-    streams = [args.resource] if args.resource != "all" else list(STREAMS)
+    from etl import sources
+
+    streams = [args.resource] if args.resource != "all" else sources.names()
     deleted = reset_streams(settings, warehouse, domain, streams, wait_seconds=args.wait)
     log.info("reset %s [%s]: %d checkpoint(s) forgotten; the next sync re-reads everything "
              "(warehouse rows are kept)", ", ".join(streams), domain, deleted)
@@ -264,6 +228,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from etl import sources
+
     parser = argparse.ArgumentParser(
         prog="commcare-etl",
         description="Keep a PostgreSQL warehouse in sync with CommCare HQ.",
@@ -292,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("sync", cmd_sync, "Migrate, then sync apps, cases and forms incrementally.")
     p.add_argument("--domain", help="only this project space (default: COMMCARE_DOMAIN)")
-    p.add_argument("--stream", choices=STREAMS, action="append",
+    p.add_argument("--stream", choices=sources.names(), action="append",
                    help="only this stream (repeatable; default: all)")
 
     p = add("run", cmd_run, "Sync on a schedule until stopped: the container's job. A failed "
@@ -304,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("backfill", cmd_backfill,
             "Re-read a window of indexed_on and upsert it, leaving the sync checkpoint alone.")
-    p.add_argument("--resource", choices=("cases", "forms"), required=True)
+    p.add_argument("--resource", choices=sources.names(backfill_only=True), required=True)
     p.add_argument("--since", help="start of the window (YYYY-MM-DD[THH:MM:SS], UTC); "
                                    "default: the beginning")
     p.add_argument("--until", help="end of the window (inclusive); default: now")
@@ -312,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("reset", cmd_reset,
             "Forget a stream's checkpoint so the next sync re-reads it all (keeps the data).")
-    p.add_argument("--resource", choices=[*STREAMS, "all"], required=True)
+    p.add_argument("--resource", choices=[*sources.names(), "all"], required=True)
     p.add_argument("--domain", help="required when several domains are configured")
     p.add_argument("--wait", type=float, default=900, metavar="SECONDS",
                    help="how long to wait for a running sync of the stream to finish "

@@ -24,7 +24,12 @@ from pydantic_settings import (
 from etl.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("config") / "commcare-etl.toml"
-STREAMS = ("apps", "cases", "forms")
+
+
+def _source_names(**kw: bool) -> list[str]:
+    from etl import sources
+
+    return sources.names(**kw)
 
 
 def config_file() -> Path:
@@ -92,7 +97,8 @@ class Settings(BaseSettings):
     case_api: Literal["v0.5", "v2"] = "v0.5"
     case_page_size: int = Field(5000, ge=1, le=5000)
     form_page_size: int = Field(1000, ge=1, le=1000)
-    streams: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(STREAMS))
+    streams: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: _source_names(default_only=True))
 
     # --- HTTP behaviour ---
     http_timeout: float = Field(120.0, gt=0, description="Seconds to wait for HQ to answer.")
@@ -140,11 +146,11 @@ class Settings(BaseSettings):
     @classmethod
     def _known_streams(cls, value: list[str]) -> list[str]:
         if not value:
-            raise ValueError(f"no stream given; choose from {list(STREAMS)} "
-                             f"(unset STREAMS for all of them)")
-        unknown = [s for s in value if s not in STREAMS]
+            raise ValueError(f"no stream given; choose from {_source_names()} "
+                             f"(unset STREAMS for the default ones)")
+        unknown = [s for s in value if s not in _source_names()]
         if unknown:
-            raise ValueError(f"unknown stream(s) {unknown}; choose from {list(STREAMS)}")
+            raise ValueError(f"unknown stream(s) {unknown}; choose from {_source_names()}")
         return value
 
     @field_validator("commcare_base_url")

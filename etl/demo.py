@@ -11,7 +11,8 @@ import logging
 from pydantic import SecretStr
 
 from etl import state
-from etl.config import STREAMS, Settings
+from etl import sources
+from etl.config import Settings
 from etl.db import Warehouse
 from etl.errors import ConfigError, ExitCode
 from etl.sync import StreamReport, run_sync
@@ -67,7 +68,7 @@ def run_demo(settings: Settings, n_cases: int = 500, use_database_url: bool = Fa
 
 def _forget_checkpoints(warehouse: Warehouse) -> None:
     with warehouse.connect() as conn:
-        state.delete_checkpoints(conn, warehouse.schema, DEMO_DOMAIN, list(STREAMS))
+        state.delete_checkpoints(conn, warehouse.schema, DEMO_DOMAIN, sources.names())
 
 
 def _print_reports(title: str, reports: list[StreamReport]) -> None:

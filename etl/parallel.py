@@ -24,7 +24,7 @@ _PR_SET_PDEATHSIG = 1
 
 def _worker_init(log_level: str, log_format: str) -> None:
     from etl import stopping
-    from etl.cli import setup_logging
+    from etl.logs import setup_logging
 
     setup_logging(log_level, log_format)
     signal.signal(signal.SIGTERM, stopping.on_sigterm)

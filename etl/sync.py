@@ -13,23 +13,18 @@ from typing import Callable, Iterator, TypeVar
 
 import psycopg
 
-from etl import runinfo, state, stopping
+from etl import runinfo, sources, state, stopping
 from etl.config import Settings
 from etl.dates import format_iso, parse_hq_datetime
 from etl.db import Warehouse
 from etl.errors import AuthError, ConfigError, EtlError, ExitCode, Interrupted
 from etl.extract.client import HQClient
-from etl.extract.streams import Page, Window, make_stream
+from etl.extract.streams import Page, Window
 from etl.load.postgres import Loader
 from etl.transform import Batch, transform_page
-from etl.transform.cases import transform_case
-from etl.transform.apps import transform_app
-from etl.transform.forms import transform_form
 
 log = logging.getLogger(__name__)
 
-TRANSFORMS = {"cases": (transform_case, "case_id"), "forms": (transform_form, "id"),
-              "apps": (transform_app, "id")}
 T = TypeVar("T")
 
 
@@ -171,7 +166,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
     """Run one stream to the end. Raises on failure after recording it in sync_runs."""
     report = StreamReport(domain=domain, stream=stream_name, command=command)
     checkpoint_stream = checkpoint_stream or stream_name
-    transform, id_key = TRANSFORMS[stream_name]
+    source = sources.get(stream_name)
     started = time.monotonic()
     with runinfo.working_on(domain, stream_name), warehouse.connect() as conn, state.stream_lock(
             conn, warehouse.schema, domain, checkpoint_stream, settings.lock_wait_seconds,
@@ -184,9 +179,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
         if window is None:
             window = Window.from_cursor(cursor, lookback=timedelta(seconds=settings.lookback_seconds))
         run_id = state.start_run(conn, warehouse.schema, command, domain, checkpoint_stream, cursor)
-        stream = make_stream(stream_name, client, domain, case_api=settings.case_api,
-                             case_page_size=settings.case_page_size,
-                             form_page_size=settings.form_page_size)
+        stream = source.stream(client, domain, settings)
         log.info("%s %s [%s]: starting from %s", command, stream_name, domain,
                  _describe(window))
         loader = Loader(conn, warehouse.schema, bi=settings.bi_tables,
@@ -195,14 +188,14 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
         last_progress = time.monotonic()
         progress = Progress(f"{stream_name} [{domain}]", settings.log_format)
         try:
-            rebuilt = loader.rebuild_pending(stream_name, domain)
+            rebuilt = loader.rebuild_pending(source.target, stream_name, domain)
             if rebuilt:
                 log.info("%s %s [%s]: rewrote the BI rows of %d record(s) that had waited for "
                          "a new column", command, stream_name, domain, rebuilt)
             # Fetching and transforming (pure) run a page ahead, in a thread, while this one
             # loads; loads stay strictly in order, one transaction per page.
-            transformed = ((page, transform_page(page.records, domain, transform,
-                                                 page.needs_cleaning, id_key))
+            transformed = ((page, transform_page(page.records, domain, source.transform,
+                                                 page.needs_cleaning, source.id_key))
                            for page in stream.pages(window))
             for page, batch in prefetch(transformed):
                 page.cursor = {**page.cursor, **cursor_extra}
@@ -251,7 +244,8 @@ def _check_server(cursor: dict | None, server: str, domain: str, stream_name: st
 
 def _load(loader: Loader, page: Page, batch: Batch, report: StreamReport, stream_name: str,
           domain: str, run_id: int, checkpoint_stream: str, requests: int) -> None:
-    result = loader.load_page(stream=stream_name, domain=domain, batch=batch, cursor=page.cursor,
+    result = loader.load_page(stream=stream_name, target=sources.get(stream_name).target,
+                              domain=domain, batch=batch, cursor=page.cursor,
                               run_id=run_id, source_url=page.url,
                               checkpoint_stream=checkpoint_stream, requests=requests)
     report.pages += 1

@@ -10,7 +10,6 @@ import threading
 import uuid
 
 import psycopg
-import pytest
 
 from etl.load import bi
 from etl.sync import run_sync

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from etl.sync import run_sync
 from tests.conftest import make_settings
-from tests.matching import assert_cases_match
+
 
 V05_ONLY = ("user_id", "opened_by", "closed_by", "server_date_opened", "xform_ids")
 

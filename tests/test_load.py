@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from etl import state
+from etl import sources, state
 from etl.load.postgres import Loader
 from etl.transform import transform_page
 from etl.transform.cases import transform_case
@@ -21,7 +21,7 @@ def case(case_id, indexed_on, **props):
 def load(db, schema, records, stream="cases", cursor=None):
     transform = transform_case if stream == "cases" else transform_form
     batch = transform_page(records, "demo", transform, True, "case_id" if stream == "cases" else "id")
-    return Loader(db, schema).load_page(stream=stream, domain="demo", batch=batch,
+    return Loader(db, schema).load_page(stream=stream, target=sources.get(stream).target, domain="demo", batch=batch,
                                         cursor=cursor or {"indexed_on": None}, run_id=None)
 
 
@@ -74,7 +74,7 @@ def test_rows_and_checkpoint_commit_together_or_not_at_all(db, schema):
     batch = transform_page([case("b", "2024-05-02T00:00:00Z")], "demo", transform_case, False, "case_id")
     batch.rows["cases"][0] = batch.rows["cases"][0][:-2] + ("{not json", [])  # fails inside COPY
     with pytest.raises(Exception):
-        Loader(db, schema).load_page(stream="cases", domain="demo", batch=batch,
+        Loader(db, schema).load_page(stream="cases", target=sources.get("cases").target, domain="demo", batch=batch,
                                      cursor={"indexed_on": "second"}, run_id=None)
     assert state.load_checkpoint(db, schema, "demo", "cases") == {"indexed_on": "first"}
     assert db.execute(f'select array_agg(case_id) from "{schema}".cases').fetchone()[0] == ["a"]
@@ -115,7 +115,7 @@ def test_a_retried_page_recreates_what_its_rolled_back_attempt_created(db, schem
     monkeypatch.setattr(loader, "_upsert_main", deadlock_once)
     batch = transform_page([case("a", "2024-05-01T00:00:00Z")], "demo", transform_case, False,
                            "case_id")
-    result = loader.load_page(stream="cases", domain="demo", batch=batch,
+    result = loader.load_page(stream="cases", target=sources.get("cases").target, domain="demo", batch=batch,
                               cursor={"indexed_on": "x"}, run_id=None)
     assert calls == [1] and result.inserted == 1
     assert state.load_checkpoint(db, schema, "demo", "cases") == {"indexed_on": "x"}

@@ -415,15 +415,3 @@ class AppStream(Stream):
             url, params = next_url, None
         yield Page(apps, {"synced_at": format_iso(datetime.now(timezone.utc)), "apps": len(apps)},
                    needs_cleaning, doc.url)
-
-
-def make_stream(name: str, client: HQClient, domain: str, *, case_api: str = "v0.5",
-                case_page_size: int = 5000, form_page_size: int = 1000) -> Stream:
-    if name == "cases":
-        cls = CaseStreamV2 if case_api == "v2" else CaseStream
-        return cls(client, domain, case_page_size)
-    if name == "forms":
-        return FormStream(client, domain, form_page_size)
-    if name == "apps":
-        return AppStream(client, domain, 100)
-    raise ValueError(f"unknown stream {name!r}")

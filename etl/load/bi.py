@@ -527,8 +527,8 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
         for row in type_rows:
             values = {p: _text(v) for p, v in batch.sources[row[1]].items()
                       if p not in SPECIAL_PROPERTIES}
-            for identifier, referenced in indices.get(row[1], {}).items():
-                values[f"index/{identifier}"] = referenced
+            for name, referenced in indices.get(row[1], {}).items():
+                values[f"index/{name}"] = referenced
             records.append((row[:16] + (row[17],), values))
         paths: dict[str, None] = {}
         for _, values in records:
@@ -652,7 +652,6 @@ def refresh_typed_views(catalog: Catalog, tables: Iterable[str] | None = None,
     columns differ (views only gain columns, so `create or replace` keeps views of the
     analysts' own built on it); `recount` columns, whose type changed, are counted afresh.
     Returns warnings for the operator (views left as they were)."""
-    conn, schema = catalog.conn, catalog.schema
     warnings: list[str] = []
     try:
         _refresh(catalog, tables, recount, warnings)

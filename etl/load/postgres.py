@@ -80,13 +80,13 @@ def _case_types_before(loader: "Loader", domain: str, batch: Batch, _: Any) -> A
 def _case_tables(loader: "Loader", domain: str, batch: Batch, old_types: Any) -> None:
     if loader.bi:
         bi.load_case_tables(loader.catalog, domain, batch, old_types or {})
-        loader.after_bi("cases", domain)
+        loader.after_bi(CASES, "cases", domain)
 
 
 def _form_tables(loader: "Loader", domain: str, batch: Batch, _: Any) -> None:
     if loader.bi:
         bi.load_form_tables(loader.catalog, loader.schema, domain, batch)
-        loader.after_bi("forms", domain)
+        loader.after_bi(FORMS, "forms", domain)
 
 
 def _app_labels(loader: "Loader", domain: str, batch: Batch, _: Any) -> None:
@@ -94,11 +94,9 @@ def _app_labels(loader: "Loader", domain: str, batch: Batch, _: Any) -> None:
     loader.catalog.table_names = None  # labels and form names changed: reload when next needed
 
 
-TARGETS = {
-    "apps": Target(snapshot=APP_TABLES, after=_app_labels),
-    "cases": Target(CASES, (CASE_INDICES,), before=_case_types_before, after=_case_tables),
-    "forms": Target(FORMS, after=_form_tables),
-}
+APPS_TARGET = Target(snapshot=APP_TABLES, after=_app_labels)
+CASES_TARGET = Target(CASES, (CASE_INDICES,), before=_case_types_before, after=_case_tables)
+FORMS_TARGET = Target(FORMS, after=_form_tables)
 
 
 class _StillBusy(Exception):
@@ -132,7 +130,7 @@ class Loader:
             self._catalog = bi.Catalog(self.conn, self.schema, lock_timeout=self.ddl_lock_timeout)
         return self._catalog
 
-    def after_bi(self, stream: str, domain: str) -> None:
+    def after_bi(self, main: TableSpec, stream: str, domain: str) -> None:
         """In the page's transaction, behind its BI writes: count what did not parse, and
         note the records written without a column that could not be added yet."""
         catalog = self.catalog
@@ -141,14 +139,13 @@ class Loader:
             self.conn.execute(sql.SQL("""
                 insert into {pending} (domain, stream, record_id)
                 select %s, %s, w.{key} from {won} w on conflict do nothing""").format(
-                pending=self._table("bi_pending"), key=sql.Identifier(TARGETS[stream].main.key[1]),
-                won=sql.Identifier(f"_won_{stream}")), (domain, stream))
+                pending=self._table("bi_pending"), key=sql.Identifier(main.key[1]),
+                won=sql.Identifier(f"_won_{main.name}")), (domain, stream))
 
-    def rebuild_pending(self, stream: str, domain: str, chunk: int = 1000) -> int:
+    def rebuild_pending(self, target: Target, stream: str, domain: str, chunk: int = 1000) -> int:
         """Rewrite the BI rows of records queued in bi_pending, from the base tables, now
         that their columns may be added. Returns how many were rewritten."""
-        target = TARGETS.get(stream)
-        if not self.bi or target is None or target.main is None:
+        if not self.bi or target.main is None:
             return 0
         done = 0
         while True:
@@ -229,13 +226,14 @@ class Loader:
             for row in rows:
                 copy.write_row(row)
 
-    def load_page(self, *, stream: str, domain: str, batch: Batch, cursor: dict,
+    def load_page(self, *, stream: str, target: Target, domain: str, batch: Batch, cursor: dict,
                   run_id: int | None, source_url: str = "", checkpoint_stream: str | None = None,
                   requests: int = 0) -> LoadResult:
         for attempt in range(1, _TRANSIENT_TRIES + 1):
             committed = False
             try:
-                result = self._load_page_once(stream=stream, domain=domain, batch=batch,
+                result = self._load_page_once(stream=stream, target=target, domain=domain,
+                                              batch=batch,
                                               cursor=cursor, run_id=run_id, source_url=source_url,
                                               checkpoint_stream=checkpoint_stream,
                                               requests=requests)
@@ -254,10 +252,10 @@ class Loader:
                     self._catalog.end_transaction(committed)
         raise AssertionError("unreachable")
 
-    def _load_page_once(self, *, stream: str, domain: str, batch: Batch, cursor: dict,
+    def _load_page_once(self, *, stream: str, target: Target, domain: str, batch: Batch,
+                        cursor: dict,
                         run_id: int | None, source_url: str, checkpoint_stream: str | None,
                         requests: int) -> LoadResult:
-        target = TARGETS[stream]
         result = LoadResult(rejected=len(batch.rejects))
         with self.conn.transaction():
             context = target.before(self, domain, batch, None) if target.before else None

@@ -18,7 +18,7 @@ from etl.simulator import appdef, auth
 from etl.simulator.faults import THROTTLED_MESSAGE
 from etl.simulator.hqtime import fmt_us
 from etl.simulator.query import (
-    BadRequest, next_cursor, page_uri, paging, parse_v05, parse_v2, run_v05, run_v2,
+    BadRequest, next_cursor, page_uri, parse_v05, parse_v2, run_v05, run_v2,
 )
 from etl.simulator.ratelimit import RateLimiter
 from etl.simulator.records import Record
@@ -36,8 +36,14 @@ RESOURCES = {
     ("application", "v0.5"): "application", ("application", "v1"): "application",
     ("case", "v0.6"): "case_v2", ("case", "v2"): "case_v2",
     ("user", "v0.5"): "user", ("user", "v1"): "user",
+    ("web-user", "v0.5"): "web_user", ("web-user", "v1"): "web_user",
     ("group", "v0.5"): "group", ("group", "v1"): "group",
+    ("location", "v0.5"): "location", ("location", "v1"): "location",
+    ("location", "v0.6"): "location_v2", ("location", "v2"): "location_v2",
+    ("location_type", "v0.5"): "location_type", ("location_type", "v1"): "location_type",
 }
+# Resources whose tastypie Meta carries HQThrottle (locations' Meta does not: never throttled).
+THROTTLED = frozenset({"case", "form", "application", "case_v2", "user", "web_user", "group"})
 
 
 @dataclass
@@ -65,10 +71,13 @@ class Response:
 
 @dataclass(frozen=True)
 class Route:
-    resource: str  # "case", "form", "application", "case_v2", "user" or "group"
+    resource: str  # "case", "form", "application", "case_v2", "user", "web_user", "group",
+    #                "location", "location_v2" or "location_type"
     domain: str
     list_uri: str  # this URL style's list path, e.g. /a/demo/api/case/v1/
     rest: str  # what follows the list path ("" for the list)
+    version: str = "v0.5"  # as written in the URL: v0.5, v0.6, v1, v2
+    new_style: bool = False  # /api/<resource>/<version>/ rather than /api/<version>/<resource>/
 
 
 def route(path: str) -> Route | None:
@@ -84,7 +93,8 @@ def route(path: str) -> Route | None:
     resource = RESOURCES.get((name, version))
     if resource is None:
         return None
-    return Route(resource, match["domain"], list_uri, match["rest"] or "")
+    return Route(resource, match["domain"], list_uri, match["rest"] or "", version,
+                 not match["old"])
 
 
 def error(status: int, message: str) -> Response:
@@ -115,11 +125,14 @@ def handle(store: Store, users: auth.Users, request: Request, r: Route,
     domain = store.domains.get(r.domain)
     if domain is None:
         return empty(404), user
-    if limiter is not None:
+    if limiter is not None and r.resource in THROTTLED:
         throttled = _throttle(limiter, domain, r)
         if throttled is not None:
             return throttled, user
-    handler = _HANDLERS[r.resource]
+    handler = _HANDLERS.get(r.resource)
+    if handler is None:
+        from etl.simulator import refapi  # imports this module: resolved at call time
+        handler = refapi.handle
     try:
         return handler(store, domain, request, r, pairs), user
     except BadRequest as exc:
@@ -130,7 +143,7 @@ def _throttle(limiter: RateLimiter, domain: Domain, r: Route) -> Response | None
     """HQ checks its per-project rate limit after authentication and permissions: tastypie
     resources answer tastypie's bare 429 (no Retry-After: `HQThrottle.should_be_throttled`
     returns a bool), the Case API v2 views `api_throttle`'s 429 with Retry-After."""
-    wait = limiter.acquire(domain.name, len(domain.users))
+    wait = limiter.acquire(domain.name, domain.directory.active_worker_count())
     if wait is None:
         return None
     seconds = str(max(1, math.ceil(wait)))
@@ -202,38 +215,6 @@ def _applications(store: Store, domain: Domain, request: Request, r: Route,
     # DoesNothingPaginator: every app at once, limit/offset ignored.
     body = {"meta": {"limit": None, "next": None, "offset": 0, "previous": None,
                      "total_count": len(apps)}, "objects": apps}
-    return Response(200, json.dumps(body, sort_keys=True, ensure_ascii=False).encode())
-
-
-# --- mobile workers and groups (plain tastypie paging over small lists) -----------------------
-
-def _directory(store: Store, domain: Domain, request: Request, r: Route,
-               pairs: list[tuple[str, str]]) -> Response:
-    if request.method not in ("GET", "HEAD"):
-        return empty(405, Allow="GET")
-    objects = [{**o, "resource_uri": f"{r.list_uri}{o['id']}/"}
-               for o in (domain.users if r.resource == "user" else domain.groups)]
-    if r.rest:
-        found = next((o for o in objects if o["id"] == r.rest.rstrip("/")), None)
-        if found is None:
-            return empty(404)
-        return Response(200, json.dumps(found, sort_keys=True, ensure_ascii=False).encode())
-    last = dict(pairs)
-    if r.resource == "user":
-        if last.get("archived", "").lower() == "true":
-            objects = []  # no deactivated workers in the simulated project
-        if "group" in last:
-            members = next((g["users"] for g in domain.groups if g["id"] == last["group"]), [])
-            objects = [o for o in objects if o["id"] in members]
-    limit, offset = paging(last, 1000)
-    total = len(objects)
-    body = {"meta": {
-        "limit": limit, "offset": offset, "total_count": total,
-        "next": None if offset + limit >= total else page_uri(r.list_uri, pairs, limit,
-                                                              offset + limit),
-        "previous": None if offset - limit < 0 else page_uri(r.list_uri, pairs, limit,
-                                                             offset - limit),
-    }, "objects": objects[offset:offset + limit]}
     return Response(200, json.dumps(body, sort_keys=True, ensure_ascii=False).encode())
 
 
@@ -316,8 +297,9 @@ def _bulk_body(by_case_id: list[tuple[str, Record | None]],
     return Response(200, head + b", ".join(chunks) + b"]}")
 
 
-_HANDLERS = {"case": _v05, "form": _v05, "application": _applications, "case_v2": _case_v2,
-             "user": _directory, "group": _directory}
+_HANDLERS = {"case": _v05, "form": _v05, "application": _applications, "case_v2": _case_v2}
+# The reference resources (user, web_user, group, location, location_v2, location_type) are
+# answered by refapi.handle.
 
 
 # --- faults -----------------------------------------------------------------------------------

@@ -15,8 +15,24 @@
                          "deprecated": true}
                         {"action": "set_rate_limit", "enabled": true, "users": 8, "scale": 1.0,
                          "retry_after_on_v05": false}
-    GET  /_sim/stats    record counts per domain, clock, requests served, faults pending,
-                        replicas, re-indexed ids, rate limit settings
+                        reference data (domain optional; the rest are the keyword
+                        arguments of the HQSimulator method of the same name):
+                        {"action": "add_mobile_worker", "username": "chw10",
+                         "first_name": "Ana", "location_ids": ["..."], "groups": ["..."]}
+                        {"action": "update_mobile_worker", "user_id": "...",
+                         "user_data": {"cadre": "CHA"}}
+                        deactivate_/activate_/delete_/restore_mobile_worker {"user_id"},
+                        add_web_user {"username", "role", ...}, update_web_user,
+                        deactivate_/activate_/delete_/restore_web_user {"user_id"},
+                        add_group {"name", "users", "case_sharing", ...}, update_group,
+                        add_group_members / remove_group_members {"group_id", "user_ids"},
+                        delete_group / restore_group {"group_id"},
+                        add_location {"name", "location_type", "parent_id", ...},
+                        update_location {"location_id", ...}, move_location
+                        {"location_id", "parent_id"}, archive_/unarchive_/delete_location
+                        {"location_id"}
+    GET  /_sim/stats    record counts per domain (reference data included), clock, requests
+                        served, faults pending, replicas, re-indexed ids, rate limit settings
 """
 
 from __future__ import annotations
@@ -73,10 +89,24 @@ def _faults(sim: "HQSimulator", payload: dict) -> dict:
     return {"queued": len(sim.faults.pending())}
 
 
+REFERENCE_ACTIONS = frozenset({
+    "add_mobile_worker", "update_mobile_worker", "deactivate_mobile_worker",
+    "activate_mobile_worker", "delete_mobile_worker", "restore_mobile_worker",
+    "add_web_user", "update_web_user", "deactivate_web_user", "activate_web_user",
+    "delete_web_user", "restore_web_user",
+    "add_group", "update_group", "add_group_members", "remove_group_members", "delete_group",
+    "restore_group",
+    "add_location", "update_location", "move_location", "archive_location",
+    "unarchive_location", "delete_location",
+})
+
+
 def _mutate(sim: "HQSimulator", payload: dict) -> Any:
     args = dict(payload)
     action = args.pop("action")
     domain = args.pop("domain", None) or sim.default_domain
+    if action in REFERENCE_ACTIONS:
+        return getattr(sim, action)(domain, **args)
     if action == "add_cases":
         return sim.add_cases(domain, int(args.get("n", 1)), args.get("case_type", "patient"))
     if action == "update_cases":

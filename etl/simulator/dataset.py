@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from etl.simulator import appdef
+from etl.simulator import appdef, directory
 from etl.simulator.factory import DocFactory, Index, User
 from etl.simulator.hqtime import US_PER_DAY, US_PER_MS, US_PER_SECOND, fmt_us, to_us
 from etl.simulator.records import Record
@@ -53,6 +53,8 @@ class Dataset:
     apps: list[dict]
     factory: DocFactory = field(repr=False)
     last_indexed_us: int = 0
+    # Mobile workers, web users, groups, locations: a stream of its own (directory.py).
+    directory: directory.Directory | None = field(default=None, repr=False)
 
     @classmethod
     def generate(cls, domain: str = "demo", seed: int = 0, n_cases: int = 300,
@@ -74,7 +76,8 @@ class Dataset:
         return cls(domain=domain, seed=seed, awkward=awkward, cases=gen.finish(gen.cases),
                    forms=gen.finish(gen.forms),
                    apps=[appdef.application_json(a) for a in appdef.APPS], factory=factory,
-                   last_indexed_us=gen.last_ix)
+                   last_indexed_us=gen.last_ix,
+                   directory=directory.generate(factory, seed, to_us(start)))
 
     def snapshot(self, resource: str) -> dict[str, dict]:
         """id -> parsed v0.5 JSON (resource_uri in the `/api/v0.5/` style)."""

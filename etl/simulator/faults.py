@@ -12,7 +12,8 @@ KINDS = ("429", "500", "502", "503", "504", "reset", "truncated", "html", "slow"
 # Kinds answered with a canned response instead of the real one (api.fault_response).
 CANNED = frozenset({"429", "500", "502", "503", "504", "html", "401", "403", "401-throttled",
                     "202"})
-RESOURCES = (None, "case", "form", "case_v2", "application", "user", "group")
+RESOURCES = (None, "case", "form", "case_v2", "application", "user", "web_user", "group",
+             "location", "location_v2", "location_type")
 # HqBaseResource.dispatch's answer while the API_BLACKLIST toggle is on for the request
 # (corehq/apps/api/resources/__init__.py; two spaces between the sentences, as in HQ).
 THROTTLED_MESSAGE = ("API access has been temporarily cut off due to too many requests.  "

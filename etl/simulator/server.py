@@ -13,10 +13,11 @@ import traceback
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
-from etl.simulator import api, control
+from etl.simulator import api, control, refapi
+from etl.simulator.directory import Directory
 from etl.simulator.dataset import Dataset
 from etl.simulator.faults import CANNED, FaultQueue
 from etl.simulator.ratelimit import RateLimiter
@@ -43,7 +44,8 @@ class RequestLog:
     query: str
     status: int
     fault: str | None = None  # the injected fault, if any
-    resource: str | None = None  # "case", "form", "case_v2", "application" or None
+    resource: str | None = None  # "case", "form", "case_v2", "application", "user",
+    #   "web_user", "group", "location", "location_v2", "location_type", or None
     domain: str | None = None
     user: str | None = None
     bytes: int = 0  # body bytes sent
@@ -325,8 +327,14 @@ class HQSimulator:
         `resource`, placed by its `indexed_on` (or now)."""
         return self.store.add_raw(domain, resource, doc, record_id)
 
-    def snapshot(self, domain: str, resource: str) -> dict[str, dict]:
-        """id -> the record as `/api/v0.5/<resource>/` serves it now (archived forms included)."""
+    def snapshot(self, domain: str, resource: str) -> dict:
+        """id -> the record as `/api/v0.5/<resource>/` serves it now: "case", "form" (archived
+        forms included), or reference data: "user" (deactivated workers included), "web_user",
+        "group", "location", "location_v2" (`/api/v0.6/`), "location_type" (keyed by its int
+        id). Absolute URIs use this simulator's address (or 127.0.0.1 when not started)."""
+        if resource in refapi.RESOURCES:
+            host = self.netloc if self._server is not None else "127.0.0.1"
+            return refapi.snapshot(self.store, domain, resource, host)
         return self.store.snapshot(domain, resource)
 
     def touch_cases(self, domain: str, case_ids: Iterable[str]) -> None:
@@ -337,6 +345,122 @@ class HQSimulator:
         """Mark `case_type` deprecated in the data dictionary: Case API v2 lists leave its
         cases out when asked with `include_deprecated=false` (v0.5 ignores it, as HQ does)."""
         self.store.deprecate_case_type(domain, case_type, deprecated)
+
+    # --- reference data: mobile workers, web users, groups, locations --------------------------
+    # Every change is saved at the simulator's clock (a fresh `last_modified`). Unknown ids raise
+    # KeyError, invalid changes ValueError.
+
+    def add_mobile_worker(self, domain: str, username: str, **fields: Any) -> str:
+        """A new active mobile worker (`username` without `@` gets `@<domain>.commcarehq.org`).
+        Fields: first_name, last_name, email, phone_numbers, user_data, location_ids,
+        primary_location, groups (ids), is_active. Returns its id."""
+        return self.store.change_directory(domain, Directory.add_mobile_worker, username,
+                                           **fields)
+
+    def update_mobile_worker(self, domain: str, user_id: str, **changes: Any) -> None:
+        """What the user API's PUT may change: first_name, last_name, email, phone_numbers,
+        user_data (merged; None removes a key), locations, primary_location, and groups (the
+        worker's groups, exactly; membership is on the groups, so `last_modified` stays)."""
+        self.store.change_directory(domain, Directory.update_mobile_worker, user_id, **changes)
+
+    def deactivate_mobile_worker(self, domain: str, user_id: str) -> None:
+        """Gone from the list and from groups' `users`; listed by `archived=true`; its detail
+        still answers."""
+        self.store.change_directory(domain, Directory.set_mobile_worker_active, user_id, False)
+
+    def activate_mobile_worker(self, domain: str, user_id: str) -> None:
+        self.store.change_directory(domain, Directory.set_mobile_worker_active, user_id, True)
+
+    def delete_mobile_worker(self, domain: str, user_id: str) -> None:
+        """Retire: gone from every list (its cases and forms are left alone here; HQ's retire
+        also deletes them)."""
+        self.store.change_directory(domain, Directory.delete_mobile_worker, user_id)
+
+    def restore_mobile_worker(self, domain: str, user_id: str) -> None:
+        self.store.change_directory(domain, Directory.restore_mobile_worker, user_id)
+
+    def add_web_user(self, domain: str, username: str, **fields: Any) -> str:
+        """A new member of the project. Fields: first_name, last_name, role ("Admin", "App
+        Editor", "Field Implementer", "Read Only" or any name), is_admin, phone_numbers,
+        user_data, location_ids, primary_location, profile, tableau_role. Returns its id."""
+        return self.store.change_directory(domain, Directory.add_web_user, username, **fields)
+
+    def update_web_user(self, domain: str, user_id: str, **changes: Any) -> None:
+        """What the web user API's PATCH may change: role, is_admin, profile, user_data,
+        primary_location_id, assigned_location_ids, tableau_role (and names, phone numbers)."""
+        self.store.change_directory(domain, Directory.update_web_user, user_id, **changes)
+
+    def deactivate_web_user(self, domain: str, user_id: str) -> None:
+        """Deactivated in this project: still listed, with `is_active_in_domain: false`."""
+        self.store.change_directory(domain, Directory.set_web_user_active, user_id, False)
+
+    def activate_web_user(self, domain: str, user_id: str) -> None:
+        self.store.change_directory(domain, Directory.set_web_user_active, user_id, True)
+
+    def delete_web_user(self, domain: str, user_id: str) -> None:
+        """Remove from the project: gone from the list, its detail a 400."""
+        self.store.change_directory(domain, Directory.remove_web_user, user_id)
+
+    def restore_web_user(self, domain: str, user_id: str) -> None:
+        self.store.change_directory(domain, Directory.restore_web_user, user_id)
+
+    def add_group(self, domain: str, name: str, users: Iterable[str] = (),
+                  **fields: Any) -> str:
+        """A new group (fields: case_sharing, reporting, metadata). Returns its id."""
+        return self.store.change_directory(domain, Directory.add_group, name, list(users),
+                                           **fields)
+
+    def update_group(self, domain: str, group_id: str, **changes: Any) -> None:
+        """name, case_sharing, reporting, metadata, users (the members, exactly)."""
+        self.store.change_directory(domain, Directory.update_group, group_id, **changes)
+
+    def add_group_members(self, domain: str, group_id: str, user_ids: Iterable[str]) -> None:
+        self.store.change_directory(domain, Directory.change_group_members, group_id,
+                                    add=list(user_ids))
+
+    def remove_group_members(self, domain: str, group_id: str, user_ids: Iterable[str]) -> None:
+        self.store.change_directory(domain, Directory.change_group_members, group_id,
+                                    remove=list(user_ids))
+
+    def delete_group(self, domain: str, group_id: str) -> None:
+        """Soft delete: gone from the list and from members' `groups`; its detail a 404."""
+        self.store.change_directory(domain, Directory.delete_group, group_id)
+
+    def restore_group(self, domain: str, group_id: str) -> None:
+        self.store.change_directory(domain, Directory.restore_group, group_id)
+
+    def add_location(self, domain: str, name: str, location_type: str,
+                     parent_id: str | None = None, **fields: Any) -> str:
+        """A new location of type `location_type` (a code: country, region, district,
+        facility) under `parent_id` (a location of the parent type). Fields: site_code
+        (default: a slug of the name), latitude, longitude, location_data, external_id.
+        Returns its location_id."""
+        pk = self.store.next_location_pk()
+        return self.store.change_directory(domain, Directory.add_location, pk, name,
+                                           location_type, parent_id, **fields)
+
+    def update_location(self, domain: str, location_id: str, **changes: Any) -> None:
+        """name, site_code, latitude, longitude, location_data (replaced), external_id."""
+        self.store.change_directory(domain, Directory.update_location, location_id, **changes)
+
+    def move_location(self, domain: str, location_id: str, parent_id: str | None) -> None:
+        """A new parent (of the parent type): only the moved location is saved."""
+        self.store.change_directory(domain, Directory.move_location, location_id, parent_id)
+
+    def archive_location(self, domain: str, location_id: str) -> list[str]:
+        """Archive the location and its descendants (each saved; their users unassigned): gone
+        from both location APIs. Returns the ids archived."""
+        return self.store.change_directory(domain, Directory.archive_location, location_id)
+
+    def unarchive_location(self, domain: str, location_id: str) -> list[str]:
+        """Unarchive it, its descendants and its ancestors (all saved again). Returns the ids
+        saved."""
+        return self.store.change_directory(domain, Directory.unarchive_location, location_id)
+
+    def delete_location(self, domain: str, location_id: str) -> list[str]:
+        """Delete the location and its descendants for good (users unassigned). Returns the
+        ids deleted."""
+        return self.store.change_directory(domain, Directory.delete_location, location_id)
 
     # --- HQ at its worst -----------------------------------------------------------------------
 
@@ -381,12 +505,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000, domain: str = "demo", n_cas
     sim = HQSimulator([dataset], users={username: (api_key, None)}, host=host, port=port,
                       replicas=replicas, rate_limit=rate_limit)
     sim.start()
-    log.info("HQ simulator: %s/a/%s/api/v0.5/case/ (%d cases, %d forms, %d index cop%s%s); "
-             "Authorization: ApiKey %s:%s; control API at %s/_sim/stats",
-             sim.base_url, domain, len(dataset.cases), len(dataset.forms), replicas,
-             "y" if replicas == 1 else "ies", ", rate-limited" if rate_limit else "",
-             username, api_key, sim.base_url)
-    try:
+    try:  # Ctrl-C may come as soon as the line is out (while logging still returns)
+        log.info("HQ simulator: %s/a/%s/api/v0.5/case/ (%d cases, %d forms, %d index cop%s%s); "
+                 "Authorization: ApiKey %s:%s; control API at %s/_sim/stats",
+                 sim.base_url, domain, len(dataset.cases), len(dataset.forms), replicas,
+                 "y" if replicas == 1 else "ies", ", rate-limited" if rate_limit else "",
+                 username, api_key, sim.base_url)
         threading.Event().wait()
     except KeyboardInterrupt:
         pass

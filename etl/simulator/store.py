@@ -155,8 +155,12 @@ class Domain:
         self.forms = Collection("form", dataset.forms)
         self.apps = dataset.apps
         self.factory = dataset.factory.fork(f"mutations:{dataset.domain}:{dataset.seed}")
-        self.users = directory.mobile_workers(dataset.factory)
-        self.groups = directory.case_sharing_groups(dataset.factory)
+        # Mobile workers, web users, groups and locations: this simulator's own copy.
+        if dataset.directory is not None:
+            self.directory = dataset.directory.copy()
+        else:
+            self.directory = directory.generate(dataset.factory, dataset.seed,
+                                                dataset.last_indexed_us)
         self.deprecated_types: set[str] = set()  # the data dictionary's deprecated case types
         self.rebuilt_away: dict[str, dict] = {}  # cases a rebuild deleted (no forms left)
 
@@ -196,6 +200,9 @@ class Store:
             seq = max([seq] + [r.seq for r in dataset.cases[-1:] + dataset.forms[-1:]])
         self.seq = seq + 1
         self.clock_us = newest + US_PER_MS
+        # SQLLocation's primary keys: one sequence across every project.
+        self.location_pk = max([0] + [loc.pk for d in self.domains.values()
+                                      for loc in d.directory.locations.values()])
         self.rng = random.Random(f"clock:{seed}")
         self.triggers: list[ReindexTrigger] = []
         self.reindexed_ids: list[str] = []  # what `reindex_during_reads` moved, in order
@@ -518,12 +525,38 @@ class Store:
             records = list(coll.ordered)
         return {r.id: r.doc(prefix) for r in records}
 
+    # --- reference data (directory.py) -------------------------------------------------------
+
+    def change_directory(self, domain: str, change: Callable[..., Any], *args: Any,
+                         **kwargs: Any) -> Any:
+        """Run `change(directory, now, *args, **kwargs)` under the lock, `now` a fresh tick of
+        the clock (HQ stamps `last_modified` as it saves)."""
+        with self.lock:
+            return change(self.domain(domain).directory, self.tick(), *args, **kwargs)
+
+    def next_location_pk(self) -> int:
+        with self.lock:
+            self.location_pk += 1
+            return self.location_pk
+
     def stats(self) -> dict:
         with self.lock:
             return {name: {"cases": len(d.cases), "forms": len(d.forms),
                            "archived_forms": sum(r.archived for r in d.forms.ordered),
                            "closed_cases": sum(r.terms[4] for r in d.cases.ordered),
                            "apps": len(d.apps),
-                           "deprecated_case_types": sorted(d.deprecated_types)}
+                           "deprecated_case_types": sorted(d.deprecated_types),
+                           **_directory_stats(d.directory)}
                     for name, d in self.domains.items()}
+
+
+def _directory_stats(d: "directory.Directory") -> dict:
+    workers = [w for w in d.workers.values() if not w.deleted]
+    return {"mobile_workers": sum(w.is_active for w in workers),
+            "inactive_mobile_workers": sum(not w.is_active for w in workers),
+            "web_users": sum(not u.removed for u in d.web_users.values()),
+            "groups": sum(not g.deleted for g in d.groups.values()),
+            "locations": sum(not loc.is_archived for loc in d.locations.values()),
+            "archived_locations": sum(loc.is_archived for loc in d.locations.values()),
+            "location_types": len(d.location_types)}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Iterator
+from urllib.parse import urljoin
 
 import pytest
 import requests
@@ -35,14 +36,18 @@ class Client:
         assert response.status_code == 200, (response.status_code, response.text[:300])
         return response.json()
 
-    def all_v05(self, path: str, params: dict) -> list[dict]:
-        """Follow `meta.next` to the end."""
-        out, doc = [], self.json(path, params)
+    def all_v05(self, path: str, params: dict | None = None) -> list[dict]:
+        """Follow `meta.next` to the end, resolved against the page just read (the reference
+        resources' `next` is only a query string: `?limit=20&offset=20`)."""
+        response = self.get(path, params)
+        out = []
         while True:
+            assert response.status_code == 200, (response.status_code, response.text[:300])
+            doc = response.json()
             out += doc["objects"]
             if not doc["meta"]["next"]:
                 return out
-            doc = self.json(doc["meta"]["next"])
+            response = self.get(urljoin(response.url, doc["meta"]["next"]))
 
 
 def make_sim(n_cases: int = 60, seed: int = 0, replicas: int = 1, **kw: Any) -> HQSimulator:

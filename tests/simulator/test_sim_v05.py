@@ -242,12 +242,13 @@ def test_applications_list_every_app_at_once(shared: Client, shared_sim):
 def test_mobile_workers_and_groups_match_the_data(shared: Client, shared_sim):
     for path in ("/a/demo/api/v0.5/user/", "/a/demo/api/user/v1/"):
         doc = shared.json(path, {"limit": 3})
-        assert doc["meta"]["total_count"] == 8 and doc["meta"]["next"].startswith(path + "?")
+        # tastypie's `next` for these resources has no path (HQ's own tests assert as much).
+        assert doc["meta"]["total_count"] == 8 and doc["meta"]["next"] == "?limit=3&offset=3"
         assert doc["objects"][0]["resource_uri"] == f"{path}{doc['objects'][0]['id']}/"
     workers = shared.all_v05("/a/demo/api/v0.5/user/", {"limit": 5})
     assert {"id", "username", "first_name", "last_name", "default_phone_number", "email",
             "phone_numbers", "groups", "user_data", "eulas", "primary_location", "locations",
-            "resource_uri"} == set(workers[0])
+            "last_modified", "resource_uri"} == set(workers[0])
     submitters = {f["metadata"]["userID"] for f in shared_sim.snapshot("demo", "form").values()
                   if f["is_phone_submission"]}
     assert submitters <= {w["id"] for w in workers}
@@ -257,5 +258,6 @@ def test_mobile_workers_and_groups_match_the_data(shared: Client, shared_sim):
     team = groups[0]
     members = shared.json("/a/demo/api/v0.5/user/", {"group": team["id"]})["objects"]
     assert sorted(m["id"] for m in members) == sorted(team["users"])
-    assert shared.json("/a/demo/api/v0.5/user/", {"archived": "true"})["objects"] == []
+    gone = shared.json("/a/demo/api/v0.5/user/", {"archived": "true"})["objects"]
+    assert len(gone) == 1 and gone[0]["id"] not in submitters  # left before field work
     assert shared.json(f"/a/demo/api/v0.5/group/{team['id']}/")["name"] == team["name"]

@@ -1,0 +1,101 @@
+"""Every HQ source, declared once: the stream that reads it, the transform that turns its
+records into rows, and the tables those rows land in.
+
+Adding a source is adding one class with `@register` (here, or in a module imported before
+the sync runs), its migration and its tests: the settings (`STREAMS`), the command line
+(`--stream`, `--resource`), the pipeline and the loader all take it from this registry.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from etl.extract.client import HQClient
+from etl.extract.streams import AppStream, CaseStream, CaseStreamV2, FormStream, Stream
+from etl.load.postgres import APPS_TARGET, CASES_TARGET, FORMS_TARGET, Target
+from etl.transform import RecordTransform
+from etl.transform.apps import transform_app
+from etl.transform.cases import transform_case
+from etl.transform.forms import transform_form
+
+if TYPE_CHECKING:
+    from etl.config import Settings
+
+
+class Source:
+    """One HQ source. `name` is what STREAMS and `--stream` say; `id_key` names a record's id
+    (for dead letters); `default`: synced when STREAMS is unset; `backfill`: pages by
+    `indexed_on`, so a window of it can be re-read."""
+
+    name: ClassVar[str]
+    id_key: ClassVar[str] = "id"
+    default: ClassVar[bool] = True
+    backfill: ClassVar[bool] = False
+    transform: ClassVar[RecordTransform]
+    target: ClassVar[Target]
+
+    @classmethod
+    def stream(cls, client: HQClient, domain: str, settings: "Settings") -> Stream:
+        raise NotImplementedError
+
+
+SOURCES: dict[str, type[Source]] = {}
+
+
+def register(cls: type[Source]) -> type[Source]:
+    if cls.name in SOURCES and SOURCES[cls.name] is not cls:
+        raise ValueError(f"two sources are named {cls.name!r}")
+    SOURCES[cls.name] = cls
+    return cls
+
+
+def get(name: str) -> type[Source]:
+    try:
+        return SOURCES[name]
+    except KeyError:
+        raise ValueError(f"unknown stream {name!r}; choose from {names()}") from None
+
+
+def names(*, default_only: bool = False, backfill_only: bool = False) -> list[str]:
+    """Source names in sync order (registration order: `apps` first)."""
+    return [n for n, s in SOURCES.items()
+            if (s.default or not default_only) and (s.backfill or not backfill_only)]
+
+
+@register
+class Apps(Source):
+    """The Application Structure API: the data dictionary the form tables are named from."""
+
+    name = "apps"
+    transform = staticmethod(transform_app)
+    target = APPS_TARGET
+
+    @classmethod
+    def stream(cls, client: HQClient, domain: str, settings: "Settings") -> Stream:
+        return AppStream(client, domain, 100)
+
+
+@register
+class Cases(Source):
+    name = "cases"
+    id_key = "case_id"
+    backfill = True
+    transform = staticmethod(transform_case)
+    target = CASES_TARGET
+
+    @classmethod
+    def stream(cls, client: HQClient, domain: str, settings: "Settings") -> Stream:
+        kind = CaseStreamV2 if settings.case_api == "v2" else CaseStream
+        return kind(client, domain, settings.case_page_size)
+
+
+@register
+class Forms(Source):
+    name = "forms"
+    backfill = True
+    transform = staticmethod(transform_form)
+    target = FORMS_TARGET
+
+    @classmethod
+    def stream(cls, client: HQClient, domain: str, settings: "Settings") -> Stream:
+        return FormStream(client, domain, settings.form_page_size)
