@@ -11,8 +11,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 from etl.extract.client import HQClient
-from etl.extract.streams import AppStream, CaseStream, CaseStreamV2, FormStream, Stream
-from etl.load.postgres import APPS_TARGET, CASES_TARGET, FORMS_TARGET, Target
+from etl.extract.streams import (AppStream, CaseStream, CaseStreamV2, FormStream, GroupStream,
+                                 LocationStream, LocationTypeStream, MobileWorkerStream, Stream,
+                                 WebUserStream)
+from etl.load.postgres import (APPS_TARGET, CASES_TARGET, FORMS_TARGET, GROUPS_TARGET,
+                               LOCATION_TYPES_TARGET, LOCATIONS_TARGET, USERS_TARGET,
+                               WEB_USERS_TARGET, Target)
+from etl.transform import reference
 from etl.transform import RecordTransform
 from etl.transform.apps import transform_app
 from etl.transform.cases import transform_case
@@ -99,3 +104,59 @@ class Forms(Source):
     @classmethod
     def stream(cls, client: HQClient, domain: str, settings: "Settings") -> Stream:
         return FormStream(client, domain, settings.form_page_size)
+
+
+# --- reference data: listings HQ gives only in full, kept as run-scoped snapshots ----------
+
+class _Listing(Source):
+    stream_class: ClassVar[type[Stream]]
+    page_size: ClassVar[int] = 1000
+
+    @classmethod
+    def stream(cls, client: HQClient, domain: str, settings: "Settings") -> Stream:
+        return cls.stream_class(client, domain, cls.page_size)
+
+
+@register
+class Users(_Listing):
+    """Mobile workers, active and deactivated."""
+
+    name = "users"
+    stream_class = MobileWorkerStream
+    transform = staticmethod(reference.transform_user)
+    target = USERS_TARGET
+
+
+@register
+class WebUsers(_Listing):
+    name = "web_users"
+    stream_class = WebUserStream
+    transform = staticmethod(reference.transform_web_user)
+    target = WEB_USERS_TARGET
+
+
+@register
+class Groups(_Listing):
+    name = "groups"
+    stream_class = GroupStream
+    transform = staticmethod(reference.transform_group)
+    target = GROUPS_TARGET
+
+
+@register
+class LocationTypes(_Listing):
+    name = "location_types"
+    id_key = "id"
+    stream_class = LocationTypeStream
+    transform = staticmethod(reference.transform_location_type)
+    target = LOCATION_TYPES_TARGET
+
+
+@register
+class Locations(_Listing):
+    name = "locations"
+    id_key = "location_id"
+    page_size = 5000  # location API v2's maximum
+    stream_class = LocationStream
+    transform = staticmethod(reference.transform_location)
+    target = LOCATIONS_TARGET

@@ -137,6 +137,11 @@ def count_page(conn: psycopg.Connection, schema: str, run_id: int, *, records: i
         (records, requests, cleaned, rejected, Jsonb(cursor), run_id))
 
 
+def finish_listing(conn: psycopg.Connection, schema: str, run_id: int, cursor: dict) -> None:
+    conn.execute(sql.SQL("update {} set cursor_end = %s where id = %s").format(
+        _t(schema, "sync_runs")), (Jsonb(cursor), run_id))
+
+
 def finish_run(conn: psycopg.Connection, schema: str, run_id: int, status: str,
                error: str | None = None, requests: int | None = None) -> None:
     conn.execute(sql.SQL(

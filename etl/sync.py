@@ -40,6 +40,7 @@ class StreamReport:
     skipped_older: int = 0
     rejected: int = 0
     cleaned: int = 0
+    marked_deleted: int = 0
     pages: int = 0
     requests: int = 0
     seconds: float = 0.0
@@ -61,6 +62,8 @@ class StreamReport:
                 f"{f', {self.skipped_older} older ignored' if self.skipped_older else ''}) "
                 f"in {self.pages} pages, {self.requests} requests, {self.seconds:.1f}s "
                 f"({rate:,.0f}/s)")
+        if self.marked_deleted:
+            text += f"; {self.marked_deleted} no longer listed by HQ, marked deleted"
         if self.cleaned:
             text += f"; {self.cleaned} values had characters PostgreSQL cannot store removed"
         if self.rejected:
@@ -188,6 +191,8 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
         last_progress = time.monotonic()
         progress = Progress(f"{stream_name} [{domain}]", settings.log_format)
         try:
+            if source.target.listed:
+                loader.begin_listing(source.target)
             rebuilt = loader.rebuild_pending(source.target, stream_name, domain)
             if rebuilt:
                 log.info("%s %s [%s]: rewrote the BI rows of %d record(s) that had waited for "
@@ -207,6 +212,11 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                     last_progress = time.monotonic()
                     log.info("%s %s [%s]: %d records so far, at indexed_on %s", command,
                              stream_name, domain, report.records, page.cursor.get("indexed_on"))
+            if source.target.listed:  # read whole: what HQ no longer lists is marked deleted
+                report.marked_deleted = loader.finish_listing(
+                    source.target, checkpoint_stream, domain,
+                    {"synced_at": format_iso(datetime.now(timezone.utc)),
+                     "records": report.records, **cursor_extra}, run_id)
             if settings.bi_tables:
                 _refresh_typed_views(loader)
             if forget_checkpoint_when_done:

@@ -68,6 +68,9 @@ def make_settings(base_url: str, schema: str, pg_url: str, **overrides) -> Setti
         commcare_api_key=KEY, database_url=pg_url, warehouse_schema=schema,
         retry_initial_wait=0.01, retry_max_wait=0.05, retry_max_seconds=5.0, http_timeout=5.0,
         lookback_seconds=0.0,
+        # The suite's syncs read cases, forms and apps unless a test asks for more; the
+        # reference streams have tests of their own (test_reference.py).
+        streams=["apps", "cases", "forms"],
     )
     values.update(overrides)
     settings = load_settings(**values)
@@ -109,7 +112,7 @@ def cli_env(sim_url: str, schema: str, pg_url: str, **extra: str) -> dict[str, s
         "COMMCARE_BASE_URL": sim_url, "COMMCARE_DOMAIN": "demo", "COMMCARE_USERNAME": USER,
         "COMMCARE_API_KEY": KEY, "DATABASE_URL": pg_url, "WAREHOUSE_SCHEMA": schema,
         "RETRY_INITIAL_WAIT": "0.01", "RETRY_MAX_WAIT": "0.05", "RETRY_MAX_SECONDS": "5",
-        "HTTP_TIMEOUT": "5", "LOOKBACK_SECONDS": "0",
+        "HTTP_TIMEOUT": "5", "LOOKBACK_SECONDS": "0", "STREAMS": "apps,cases,forms",
         "COMMCARE_ETL_CONFIG": str(ROOT / "tests" / "empty-config.toml"),
     })
     env.update(extra)

@@ -56,7 +56,7 @@ def test_settings_file_under_config_is_read(sim, schema, pg_url, tmp_path):
     config = tmp_path / "commcare-etl.toml"
     config.write_text(f'commcare_domain = "demo"\nstreams = "cases"\n')
     env = cli_env(sim.base_url, schema, pg_url, COMMCARE_ETL_CONFIG=str(config))
-    del env["COMMCARE_DOMAIN"]
+    del env["COMMCARE_DOMAIN"], env["STREAMS"]
     result = run_cli(["sync"], env)
     assert result.returncode == 0, result.stderr
     assert "sync cases [demo]: ok" in result.stderr and "sync forms" not in result.stderr

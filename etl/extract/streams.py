@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, ClassVar, Iterator
+from urllib.parse import urljoin
 
 from etl.dates import ONE_MS, format_iso, format_v05, parse_hq_datetime, truncate_ms
 from etl.errors import HQError
@@ -415,3 +416,65 @@ class AppStream(Stream):
             url, params = next_url, None
         yield Page(apps, {"synced_at": format_iso(datetime.now(timezone.utc)), "apps": len(apps)},
                    needs_cleaning, doc.url)
+
+
+class ListStream(Stream):
+    """A tastypie list HQ can only give in full (users, groups, locations): every page of it,
+    following `meta.next` (a bare `?limit=…&offset=…`, resolved against the page it came on).
+    A snapshot: the loader marks what the complete listing no longer holds as deleted."""
+
+    params: ClassVar[dict[str, str]] = {}
+    listings: ClassVar[tuple[dict[str, Any], ...]] = ({},)  # several lists make one snapshot
+    mark: ClassVar[str | None] = None  # the key that tells one listing's records apart
+
+    def pages(self, window: Window) -> Iterator[Page]:
+        for n, extra in enumerate(self.listings):
+            url, params = self.list_path, {"limit": self.page_size, **self.params, **extra}
+            while True:
+                doc = self.client.get_json(url, params)
+                self.requests_made += 1
+                body = require_json_object(doc, "objects")
+                objects = body["objects"]
+                if not isinstance(objects, list):
+                    raise HQError(f"HQ answered {doc.url} with 'objects' that is not a list",
+                                  url=doc.url)
+                if self.mark:
+                    for record in objects:
+                        if isinstance(record, dict):
+                            record[self.mark] = n == 0
+                yield Page(objects, {"snapshot": "reading"}, doc.needs_cleaning, doc.url)
+                next_url = (body.get("meta") or {}).get("next")
+                if not next_url or not objects:
+                    break
+                url, params = urljoin(doc.url, next_url), None
+
+
+class MobileWorkerStream(ListStream):
+    """Active workers, then the deactivated ones (HQ lists them apart, with `archived=true`)."""
+
+    name = "users"
+    path = "v0.5/user/"
+    listings = ({}, {"archived": "true"})
+    mark = "_commcare_etl_is_active"
+
+
+class WebUserStream(ListStream):
+    name = "web_users"
+    path = "v0.5/web-user/"
+
+
+class GroupStream(ListStream):
+    name = "groups"
+    path = "v0.5/group/"
+
+
+class LocationStream(ListStream):
+    """Location API v2: flat fields, the parent by id."""
+
+    name = "locations"
+    path = "location/v2/"
+
+
+class LocationTypeStream(ListStream):
+    name = "location_types"
+    path = "v0.5/location_type/"

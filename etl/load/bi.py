@@ -37,7 +37,8 @@ BASE_TABLES = frozenset({
     "cases", "case_indices", "forms", "sync_checkpoints", "dead_letters", "sync_runs",
     "catalog_tables", "catalog_columns", "form_case_actions", "apps", "app_modules",
     "app_case_properties", "app_forms", "app_questions", "alembic_version", "bi_pending",
-    "app_case_property_questions",
+    "app_case_property_questions", "users", "web_users", "groups", "group_members", "locations",
+    "location_types", "location_ancestors",
 })
 CASE_FIXED = (
     ("domain", "text not null"), ("case_id", "text not null"), ("case_type", "text"),

@@ -21,6 +21,8 @@ from etl.load.bi import DEFAULT_DDL_LOCK_TIMEOUT
 from etl.transform import Batch
 from etl.transform.cases import CASE_COLUMNS, CASE_INDEX_COLUMNS
 from etl.transform.forms import FORM_COLUMNS
+from etl.transform.reference import (GROUP_COLUMNS, GROUP_MEMBER_COLUMNS, LOCATION_COLUMNS,
+                                     LOCATION_TYPE_COLUMNS, USER_COLUMNS, WEB_USER_COLUMNS)
 
 
 _TRANSIENT_TRIES = 3
@@ -42,15 +44,20 @@ class Target:
     """Where a stream lands.
 
     Either a `main` table upserted by version, with `children` replaced for every parent that
-    was written; or `snapshot` tables whose rows for the domain are replaced wholesale. `before`
-    runs ahead of the writes and `after` (the BI tables) behind them, in the same transaction.
+    was written; or `snapshot` tables whose rows for the domain are replaced wholesale; or a
+    `listed` table, kept by a run-scoped snapshot: each page upserts what changed, and once the
+    whole listing was read, `finish_listing` marks the rows it did not hold deleted. `before`
+    runs ahead of the writes and `after` (the BI tables) behind them, in the same transaction;
+    `finished` after a complete listing, in its transaction.
     """
 
     main: TableSpec | None = None
     children: tuple[TableSpec, ...] = ()
     snapshot: tuple[TableSpec, ...] = ()
+    listed: TableSpec | None = None
     before: Hook | None = None
     after: Hook | None = None
+    finished: Callable[["Loader", str], None] | None = None
 
 
 CASES = TableSpec("cases", CASE_COLUMNS, ("domain", "case_id"), "indexed_on")
@@ -95,6 +102,39 @@ def _app_labels(loader: "Loader", domain: str, batch: Batch, _: Any) -> None:
 
 
 APPS_TARGET = Target(snapshot=APP_TABLES, after=_app_labels)
+
+
+def _location_ancestors(loader: "Loader", domain: str) -> None:
+    """Every location with itself (depth 0) and each ancestor, from the current hierarchy."""
+    t = loader._table
+    loader.conn.execute(sql.SQL("delete from {} where domain = %s").format(
+        t("location_ancestors")), (domain,))
+    loader.conn.execute(sql.SQL("""
+        insert into {ancestors} (domain, location_id, ancestor_id, depth)
+        with recursive up (location_id, ancestor_id, depth, path) as (
+            select location_id, location_id, 0, array[location_id]
+            from {locations} where domain = %(d)s and not deleted
+            union all
+            select up.location_id, l.parent_location_id, up.depth + 1,
+                   up.path || l.parent_location_id
+            from up join {locations} l on l.domain = %(d)s and l.location_id = up.ancestor_id
+            where coalesce(l.parent_location_id, '') <> ''
+              and not l.parent_location_id = any(up.path)   -- a cycle in HQ's data ends here
+        )
+        select %(d)s, location_id, ancestor_id, min(depth) from up group by 2, 3
+    """).format(ancestors=t("location_ancestors"), locations=t("locations")), {"d": domain})
+
+
+USERS_TARGET = Target(listed=TableSpec("users", USER_COLUMNS, ("domain", "user_id")))
+WEB_USERS_TARGET = Target(listed=TableSpec("web_users", WEB_USER_COLUMNS, ("domain", "user_id")))
+GROUPS_TARGET = Target(listed=TableSpec("groups", GROUP_COLUMNS, ("domain", "group_id")),
+                       children=(TableSpec("group_members", GROUP_MEMBER_COLUMNS,
+                                           ("domain", "group_id", "user_id")),))
+LOCATIONS_TARGET = Target(listed=TableSpec("locations", LOCATION_COLUMNS,
+                                           ("domain", "location_id")),
+                          finished=_location_ancestors)
+LOCATION_TYPES_TARGET = Target(listed=TableSpec("location_types", LOCATION_TYPE_COLUMNS,
+                                                ("domain", "location_type_id")))
 CASES_TARGET = Target(CASES, (CASE_INDICES,), before=_case_types_before, after=_case_tables)
 FORMS_TARGET = Target(FORMS, after=_form_tables)
 
@@ -270,6 +310,8 @@ class Loader:
                     self._replace_children(target.main, child, batch.rows.get(child.name, []))
                 if target.after:
                     target.after(self, domain, batch, context)
+            if target.listed:
+                result.inserted, result.updated = self._upsert_listed(target, batch)
             if target.snapshot:
                 result.inserted, result.updated = self._replace_snapshot(
                     target.snapshot, domain, batch)
@@ -285,6 +327,77 @@ class Loader:
                                  cleaned=batch.cleaned_values, rejected=len(batch.rejects),
                                  requests=requests, cursor=cursor)
         return result
+
+    # --- run-scoped snapshots -------------------------------------------------------------
+
+    def begin_listing(self, target: Target) -> None:
+        """Start remembering the keys this run's listing holds (in a table of this session: a
+        crash forgets them, and then nothing is marked deleted)."""
+        spec = target.listed
+        seen = sql.Identifier(f"_seen_{spec.name}")
+        self.conn.execute(sql.SQL("drop table if exists {}").format(seen))
+        self.conn.execute(sql.SQL("create temp table {} as select {} from {} where false").format(
+            seen, sql.SQL(", ").join(map(sql.Identifier, spec.key)), self._table(spec.name)))
+
+    def _upsert_listed(self, target: Target, batch: Batch) -> tuple[int, int]:
+        spec = target.listed
+        rows = batch.rows.get(spec.name, [])
+        if not rows:
+            return 0, 0
+        stage = self._stage(spec)
+        self._copy(stage, spec, rows)
+        cols = [sql.Identifier(c) for c in spec.columns]
+        key = sql.SQL(", ").join(map(sql.Identifier, spec.key))
+        data = [sql.Identifier(c) for c in spec.columns if c not in spec.key]
+        counts = self.conn.execute(sql.SQL("""
+            with up as (
+                insert into {table} as t ({cols})
+                select distinct on ({key}) {cols} from {stage} order by {key}
+                on conflict ({key}) do update set {updates}, deleted = false, deleted_at = null,
+                    synced_at = now()
+                where ({old}) is distinct from ({new}) or t.deleted
+                returning (xmax = 0) as inserted
+            )
+            select count(*) filter (where inserted), count(*) filter (where not inserted) from up
+        """).format(
+            table=self._table(spec.name), cols=sql.SQL(", ").join(cols), key=key, stage=stage,
+            updates=sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(c) for c in data),
+            old=sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c in data),
+            new=sql.SQL(", ").join(sql.SQL("excluded.{}").format(c) for c in data))).fetchone()
+        self.conn.execute(sql.SQL("insert into {} select distinct {} from {}").format(
+            sql.Identifier(f"_seen_{spec.name}"), key, stage))
+        for child in target.children:  # e.g. a group's members: its current set
+            match = sql.SQL(" and ").join(
+                sql.SQL("c.{0} = s.{0}").format(sql.Identifier(k)) for k in spec.key)
+            self.conn.execute(sql.SQL("delete from {} c using {} s where {}").format(
+                self._table(child.name), stage, match))
+            child_rows = list(dict.fromkeys(batch.rows.get(child.name, [])))
+            if child_rows:
+                self._copy(self._table(child.name), child, child_rows)
+        return counts[0], counts[1]
+
+    def finish_listing(self, target: Target, stream: str, domain: str, cursor: dict,
+                       run_id: int | None) -> int:
+        """The listing was read whole: mark what it did not hold deleted (never removed), in
+        one transaction with the checkpoint. Returns how many were marked."""
+        spec = target.listed
+        seen = sql.Identifier(f"_seen_{spec.name}")
+        match = sql.SQL(" and ").join(
+            sql.SQL("s.{0} = t.{0}").format(sql.Identifier(k)) for k in spec.key)
+        with self.conn.transaction():
+            marked = self.conn.execute(sql.SQL("""
+                update {} t set deleted = true, deleted_at = now(), synced_at = now()
+                where t.domain = %s and not t.deleted
+                  and not exists (select 1 from {} s where {})""").format(
+                self._table(spec.name), seen, match), (domain,)).rowcount
+            if target.finished:
+                target.finished(self, domain)
+            state.save_checkpoint(self.conn, self.schema, domain, stream,
+                                  {**cursor, "marked_deleted": marked})
+            if run_id is not None:
+                state.finish_listing(self.conn, self.schema, run_id, cursor)
+        self.conn.execute(sql.SQL("drop table if exists {}").format(seen))
+        return marked
 
     def _replace_snapshot(self, specs: tuple[TableSpec, ...], domain: str,
                           batch: Batch) -> tuple[int, int]:
