@@ -58,6 +58,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
     warehouse = _warehouse(settings)
     warehouse.migrate()
     reports = run_sync(settings, warehouse, domains=[args.domain] if args.domain else None)
+    from etl.reconcile import run_due
+
+    if not run_due(settings, warehouse):
+        raise EtlError("the sync finished, but a reconcile due by RECONCILE_EVERY failed")
     failed = [r for r in reports if r.status != "ok"]
     if failed:
         first = failed[0]
@@ -84,9 +88,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     warehouse = _warehouse(settings)
 
     def turn() -> bool:
+        from etl.reconcile import run_due
+
         runinfo.begin("schedule")  # each turn is an invocation of its own
         warehouse.migrate()
         reports = run_sync(settings, warehouse)
+        reconciled = run_due(settings, warehouse)
         failed = [r for r in reports if r.status != "ok"]
         if failed:
             log.error("%d of %d stream(s) failed; first: %s [%s]: %s", len(failed), len(reports),
@@ -94,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             log.info("sync finished: %d stream(s), %d records", len(reports),
                      sum(r.records for r in reports))
-        return not failed
+        return not failed and reconciled
 
     return run_forever(turn, schedule)
 
@@ -134,6 +141,23 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         report = run_backfill(settings.for_domain(domain), warehouse, args.resource, domain,
                               since, until)
         print(report.summary())
+    return ExitCode.OK
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    from etl import runinfo
+    from etl.reconcile import reconcile
+
+    runinfo.begin("reconcile")
+    settings = _settings(args)
+    settings.require_hq_credentials()
+    warehouse = _warehouse(settings)
+    warehouse.migrate()
+    for domain in [args.domain] if args.domain else settings.domains():
+        for resource in [args.resource] if args.resource else ["cases", "forms"]:
+            report = reconcile(settings.for_domain(domain), warehouse, domain, resource)
+            print(f"reconcile {resource} [{domain}]: {report.listed} listed in HQ, "
+                  f"{report.marked} gone and marked deleted ({report.requests} requests)")
     return ExitCode.OK
 
 
@@ -274,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="start of the window (YYYY-MM-DD[THH:MM:SS], UTC); "
                                    "default: the beginning")
     p.add_argument("--until", help="end of the window (inclusive); default: now")
+    p.add_argument("--domain", help="only this project space (default: all configured)")
+
+    p = add("reconcile", cmd_reconcile,
+            "List the ids HQ still has and mark the cases and forms deleted there deleted = true "
+            "(in the BI tables too). Never removes a row; an incomplete listing marks nothing.")
+    p.add_argument("--resource", choices=("cases", "forms"), help="default: both")
     p.add_argument("--domain", help="only this project space (default: all configured)")
 
     p = add("reset", cmd_reset,

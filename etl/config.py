@@ -127,6 +127,9 @@ class Settings(BaseSettings):
         900.0, ge=0, description="Re-read this window before the checkpoint on every run."
     )
 
+    reconcile_every: str | None = Field(
+        None, description="Also reconcile deletions when the last one is older (24h, 7d).")
+
     # --- Scheduling ---
     schedule: str = Field(
         "15m", description="How often `run` syncs: an interval (15m, 1h) or a cron expression.")

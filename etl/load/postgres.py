@@ -431,7 +431,8 @@ class Loader:
         key = [sql.Identifier(c) for c in spec.key]
         updates = [sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c))
                    for c in spec.columns if c not in spec.key and c not in self.keep]
-        updates += [sql.SQL("synced_at = now()"), sql.SQL("deleted = false")]
+        updates += [sql.SQL("synced_at = now()"), sql.SQL("deleted = false"),
+                    sql.SQL("deleted_at = null")]
         version = sql.Identifier(spec.version)
         query = sql.SQL("""
             with up as (
