@@ -137,6 +137,9 @@ class Catalog:
     relations: dict[str, str] = field(default_factory=dict)  # what the schema holds: name -> kind
     unparsed: dict[tuple[str, str], int] = field(default_factory=dict)  # this transaction
     unparsed_run: dict[tuple[str, str], int] = field(default_factory=dict)  # committed
+    # Tables written (-> the column their rows are looked up by): this transaction, committed.
+    written: dict[str, str] = field(default_factory=dict)
+    wrote: dict[str, str] = field(default_factory=dict)
 
     def t(self, name: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(name))
@@ -205,12 +208,14 @@ class Catalog:
             self.retyped |= self.retyping
             for key, count in self.unparsed.items():
                 self.unparsed_run[key] = self.unparsed_run.get(key, 0) + count
+            self.wrote.update(self.written)
         else:  # names allocated in a rolled-back transaction do not exist
             self.table_names = None
         self.adding = set()
         self.retyping = set()
         self.busy = set()
         self.unparsed = {}
+        self.written = {}
 
     def ensure_loaded(self) -> None:
         if self.table_names is None:
@@ -421,6 +426,7 @@ def _apply(catalog: Catalog, domain: str, writes: list[_Write], rejects: list) -
     type are counted as they are written, against what the replaced rows held."""
     conn = catalog.conn
     for write in writes:
+        catalog.written[write.table] = write.id_column
         before = _unparsed(catalog, write, domain)
         conn.execute(sql.SQL("delete from {} where domain = %s and {} = any(%s)").format(
             catalog.t(write.table), sql.Identifier(write.id_column)), (domain, write.ids))
@@ -459,6 +465,31 @@ def _copy_one_by_one(catalog: Catalog, write: _Write, rejects: list) -> None:
                 str(row[id_at]), f"BI table {write.table} refused the row ({reason}); the record "
                 f"is complete in the base table, not in {write.table}",
                 jsonutil.dumps_raw(dict(zip(write.columns, row)))))
+
+
+def keep_statistics(conn: psycopg.Connection, schema: str, tables: dict[str, str]) -> list[str]:
+    """ANALYZE (the domain and lookup column of) those of `tables` (name -> lookup column) that
+    were never analyzed or have doubled in size since. Returns the tables analyzed.
+
+    Each page looks its records up with `domain = %s and <id> = any(%s)` (BI deletes, unparsed
+    counts, form_case_actions, previous case types). With no statistics the planner takes
+    `domain = %s` to match a small share of a table where it matches all of it, and reads
+    every row of the domain instead of the page's ids: a page then costs as much as the table
+    is big, and a first sync grows quadratic. Autovacuum may be off, or not reach a new table
+    for a while. Runs after the page's commit, skipping a table another session has locked
+    (tried again after the next page); a column list keeps it cheap."""
+    if not tables:
+        return []
+    grown = [r[0] for r in conn.execute(
+        "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname = %s and c.relname = any(%s) and c.relkind = 'r' and (c.reltuples < 0 "
+        "or pg_relation_size(c.oid) > 2 * greatest(c.relpages, 1) * "
+        "current_setting('block_size')::bigint) order by c.relname", (schema, list(tables)))]
+    if grown:
+        conn.execute(sql.SQL("analyze (skip_locked) {}").format(sql.SQL(", ").join(
+            sql.SQL("{}.{} (domain, {})").format(sql.Identifier(schema), sql.Identifier(t),
+                                                 sql.Identifier(tables[t])) for t in grown)))
+    return grown
 
 
 def flush_unparsed(catalog: Catalog) -> None:
@@ -587,6 +618,7 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
         writes += _form_rows(catalog, info, xmlns, form_rows, form_ids, flats)
         writes += _repeat_rows(catalog, info, xmlns, domain, flats, form_ids)
     _apply(catalog, domain, writes, batch.rejects)
+    catalog.written["form_case_actions"] = "form_id"
     if actions:
         with catalog.conn.cursor().copy(sql.SQL(
                 "copy {}.form_case_actions (domain, form_id, block, action, case_id, case_type, "

@@ -278,7 +278,6 @@ class Loader:
                                               checkpoint_stream=checkpoint_stream,
                                               requests=requests)
                 committed = True
-                return result
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 # A backfill and a sync upserting the same records at once: try again.
                 if attempt == _TRANSIENT_TRIES:
@@ -290,7 +289,20 @@ class Loader:
                     self._staged.clear()
                 if self._catalog is not None:
                     self._catalog.end_transaction(committed)
+            if committed:
+                self.keep_statistics(target)
+                return result
         raise AssertionError("unreachable")
+
+    def keep_statistics(self, target: Target) -> None:
+        """After a commit: statistics for the tables written that have none or have doubled
+        (see bi.keep_statistics), so that each page's lookups stay index lookups."""
+        main = target.main or target.listed
+        tables = {spec.name: main.key[1] for spec in (main, *target.children)} if main else {}
+        if self._catalog is not None:
+            tables.update(self._catalog.wrote)
+            self._catalog.wrote = {}
+        bi.keep_statistics(self.conn, self.schema, tables)
 
     def _load_page_once(self, *, stream: str, target: Target, domain: str, batch: Batch,
                         cursor: dict,
