@@ -48,11 +48,12 @@ def run_once(n_cases: int, bi: bool, db_url: str) -> dict:
         env = {**os.environ, "COMMCARE_BASE_URL": sim.base_url, "COMMCARE_DOMAIN": "bench",
                "COMMCARE_USERNAME": USER, "COMMCARE_API_KEY": KEY, "DATABASE_URL": db_url,
                "WAREHOUSE_SCHEMA": schema, "BI_TABLES": "true" if bi else "false",
-               "STREAMS": "cases,forms", "LOG_FORMAT": "json",
-               "COMMCARE_ETL_CONFIG": "/nonexistent.toml"}
+               "STREAMS": "cases,forms", "LOG_FORMAT": "json"}
+        env.pop("COMMCARE_ETL_CONFIG", None)  # and a working directory without config/
         t0 = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-m", "etl", "sync"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                cwd=tempfile.gettempdir(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
         peak = [0]
         watcher = threading.Thread(target=_watch_rss, args=(proc.pid, peak), daemon=True)
         watcher.start()
