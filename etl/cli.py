@@ -48,16 +48,28 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
-def cmd_sync(args: argparse.Namespace) -> int:
+def _hq_command(args: argparse.Namespace, trigger: str):
+    """What every command that reads HQ starts with: an invocation, settings with credentials,
+    a migrated warehouse."""
     from etl import runinfo
-    from etl.sync import run_sync
 
-    runinfo.begin("manual")
+    runinfo.begin(trigger)
     settings = _settings(args)
     settings.require_hq_credentials()
     warehouse = _warehouse(settings)
     warehouse.migrate()
-    reports = run_sync(settings, warehouse, domains=[args.domain] if args.domain else None)
+    return settings, warehouse
+
+
+def _domains(args: argparse.Namespace, settings: Settings) -> list[str]:
+    return [args.domain] if args.domain else settings.domains()
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from etl.sync import run_sync
+
+    settings, warehouse = _hq_command(args, "manual")
+    reports = run_sync(settings, warehouse, domains=_domains(args, settings))
     from etl.reconcile import run_due
 
     if not run_due(settings, warehouse):
@@ -119,13 +131,9 @@ def _one_domain(settings: Settings, given: str | None) -> str:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from etl import runinfo
     from etl.dates import parse_user_date
     from etl.sync import run_backfill
 
-    runinfo.begin("backfill")
-    settings = _settings(args)
-    settings.require_hq_credentials()
     try:
         since = parse_user_date(args.since) if args.since else None
         until = parse_user_date(args.until) if args.until else None
@@ -135,9 +143,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         raise ConfigError(f"--since/--until: {exc}") from None
     if since and until and since > until:
         raise ConfigError("--since must not be after --until")
-    warehouse = _warehouse(settings)
-    warehouse.migrate()
-    for domain in [args.domain] if args.domain else settings.domains():
+    settings, warehouse = _hq_command(args, "backfill")
+    for domain in _domains(args, settings):
         report = run_backfill(settings.for_domain(domain), warehouse, args.resource, domain,
                               since, until)
         print(report.summary())
@@ -145,15 +152,10 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    from etl import runinfo
     from etl.reconcile import reconcile
 
-    runinfo.begin("reconcile")
-    settings = _settings(args)
-    settings.require_hq_credentials()
-    warehouse = _warehouse(settings)
-    warehouse.migrate()
-    for domain in [args.domain] if args.domain else settings.domains():
+    settings, warehouse = _hq_command(args, "reconcile")
+    for domain in _domains(args, settings):
         for resource in [args.resource] if args.resource else ["cases", "forms"]:
             report = reconcile(settings.for_domain(domain), warehouse, domain, resource)
             print(f"reconcile {resource} [{domain}]: {report.listed} listed in HQ, "
