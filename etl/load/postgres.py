@@ -7,6 +7,7 @@ or nothing of it: the next run resumes from the last saved cursor.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from etl.transform.reference import (GROUP_COLUMNS, GROUP_MEMBER_COLUMNS, LOCATI
                                      LOCATION_TYPE_COLUMNS, USER_COLUMNS, WEB_USER_COLUMNS)
 
 
+log = logging.getLogger(__name__)
 _TRANSIENT_TRIES = 3
 
 
@@ -302,7 +304,12 @@ class Loader:
         if self._catalog is not None:
             tables.update(self._catalog.wrote)
             self._catalog.wrote = {}
-        bi.keep_statistics(self.conn, self.schema, tables)
+        try:
+            bi.keep_statistics(self.conn, self.schema, tables)
+        except (psycopg.errors.QueryCanceled, psycopg.errors.InsufficientPrivilege) as exc:
+            # The page is committed; statistics are an optimisation: say so and go on.
+            log.warning("could not ANALYZE the tables just written (%s); later pages may be "
+                        "slower until autovacuum does", str(exc).strip().splitlines()[0])
 
     def _load_page_once(self, *, stream: str, target: Target, domain: str, batch: Batch,
                         cursor: dict,
