@@ -47,7 +47,6 @@ def reconcile(settings: Settings, warehouse: Warehouse, domain: str,
     started = time.monotonic()
     client = make_client(settings)
     schema = warehouse.schema
-    t = sql.SQL("{}.{}").format
     with runinfo.working_on(domain, f"reconcile:{resource}"), warehouse.connect() as conn, \
             state.stream_lock(conn, schema, domain, resource, settings.lock_wait_seconds,
                               purpose="reconcile"):
@@ -73,8 +72,7 @@ def reconcile(settings: Settings, warehouse: Warehouse, domain: str,
                     update {table} w set deleted = true, deleted_at = now()
                     where w.domain = %s and not w.deleted and w.synced_at < %s
                       and not exists (select 1 from _present p where p.id = w.{key})
-                    returning w.{key}""").format(table=t(sql.Identifier(schema),
-                                                          sql.Identifier(table)),
+                    returning w.{key}""").format(table=sql.Identifier(schema, table),
                                                   key=sql.Identifier(key)),
                     (domain, listing_began))]
                 for (bi_table, id_column) in conn.execute(sql.SQL(
@@ -84,8 +82,8 @@ def reconcile(settings: Settings, warehouse: Warehouse, domain: str,
                         (list(bi_kinds),)).fetchall() if gone else []:
                     conn.execute(sql.SQL("update {} set deleted = true where domain = %s "
                                          "and {} = any(%s)").format(
-                        t(sql.Identifier(schema), sql.Identifier(bi_table)),
-                        sql.Identifier(id_column)), (domain, gone))
+                        sql.Identifier(schema, bi_table), sql.Identifier(id_column)),
+                        (domain, gone))
                 report.marked = len(gone)
                 state.count_page(conn, schema, run_id, records=report.listed, cleaned=0,
                                  rejected=0, requests=report.requests,

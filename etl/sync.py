@@ -204,7 +204,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                            for page in stream.pages(window))
             for page, batch in prefetch(transformed):
                 page.cursor = {**page.cursor, **cursor_extra}
-                _load(loader, page, batch, report, stream_name, domain, run_id,
+                _load(loader, source, page, batch, report, stream_name, domain, run_id,
                       checkpoint_stream, stream.requests_made)
                 progress.advance(batch.records, page.total)
                 stopping.check()  # between pages: the last one is committed
@@ -252,9 +252,10 @@ def _check_server(cursor: dict | None, server: str, domain: str, stream_name: st
             f"COMMCARE_BASE_URL back to {saved}.")
 
 
-def _load(loader: Loader, page: Page, batch: Batch, report: StreamReport, stream_name: str,
-          domain: str, run_id: int, checkpoint_stream: str, requests: int) -> None:
-    result = loader.load_page(stream=stream_name, target=sources.get(stream_name).target,
+def _load(loader: Loader, source: type[sources.Source], page: Page, batch: Batch,
+          report: StreamReport, stream_name: str, domain: str, run_id: int,
+          checkpoint_stream: str, requests: int) -> None:
+    result = loader.load_page(stream=stream_name, target=source.target,
                               domain=domain, batch=batch, cursor=page.cursor,
                               run_id=run_id, source_url=page.url,
                               checkpoint_stream=checkpoint_stream, requests=requests)

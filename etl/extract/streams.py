@@ -449,13 +449,17 @@ class ListStream(Stream):
                 url, params = urljoin(doc.url, next_url), None
 
 
+# Set on each mobile worker record: whether it came from HQ's list of active workers.
+ACTIVE_FLAG = "_commcare_etl_is_active"
+
+
 class MobileWorkerStream(ListStream):
     """Active workers, then the deactivated ones (HQ lists them apart, with `archived=true`)."""
 
     name = "users"
     path = "v0.5/user/"
     listings = ({}, {"archived": "true"})
-    mark = "_commcare_etl_is_active"
+    mark = ACTIVE_FLAG
 
 
 class WebUserStream(ListStream):

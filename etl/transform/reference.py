@@ -9,11 +9,10 @@ import re
 
 from etl import jsonutil
 from etl.dates import parse_hq_datetime as dt
+from etl.extract.streams import ACTIVE_FLAG
 from etl.transform import Batch
 from etl.transform.cases import _bool, _required_id, _text
 
-# The stream marks the records it read from HQ's list of deactivated workers.
-ACTIVE_FLAG = "_commcare_etl_is_active"
 
 USER_COLUMNS = ("domain", "user_id", "username", "first_name", "last_name", "email",
                 "default_phone_number", "phone_numbers", "group_ids", "user_data",
