@@ -196,7 +196,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             return ExitCode.OK
         report = status.collect(conn, settings.warehouse_schema)
     if args.hq:
-        from etl.sync import make_client
+        from etl.extract.client import make_client
 
         settings.require_hq_credentials()
         client = make_client(settings)

@@ -62,3 +62,22 @@ class MalformedResponse(HQError):
 
 class Interrupted(EtlError):
     exit_code = ExitCode.INTERRUPTED
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for an operator: what failed, and that the checkpoint did not move past it."""
+    if isinstance(exc, EtlError):
+        return str(exc)
+    if _is_database_error(exc):
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return (f"database error ({type(exc).__name__}): {first}; the checkpoint stays at the "
+                f"last loaded page. Check the warehouse database (its log, disk space, "
+                f"permissions) and run again")
+    return (f"unexpected error: {type(exc).__name__}: {exc}; the checkpoint stays at the last "
+            f"loaded page (please report this)")
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    import psycopg
+
+    return isinstance(exc, psycopg.Error)

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Callable
 
 from etl.config import Settings
 from etl.errors import EtlError, Interrupted
@@ -49,31 +50,24 @@ def _portable(exc: BaseException, message: str) -> EtlError:
     return error
 
 
-def _job(settings: Settings, url: str, schema: str, domain: str, stream: str,
+def _run(job_function: Callable, settings: Settings, url: str, schema: str, job: tuple,
          invocation: tuple[str, str]):
     from etl import runinfo
-    from etl.db import Warehouse
 
     runinfo.begin(invocation[1], invocation[0])  # the parent's: one id for the whole command
-    settings = settings.for_domain(domain)
-    from etl.sync import failed_report, make_client, sync_stream
-
-    warehouse = Warehouse(url, schema)
-    client = make_client(settings)
-    try:
-        return sync_stream(settings, warehouse, client, domain, stream)
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        report = failed_report(domain, stream, exc)
-        report.exception = _portable(exc, report.error)
-        return report
-    finally:
-        client.close()
-        warehouse.dispose()
+    report = job_function(settings, url, schema, job)
+    if report.exception is not None:
+        report.exception = _portable(report.exception, report.error or "")
+    return report
 
 
-def run_parallel(settings: Settings, url: str, schema: str, jobs: list[tuple[str, str]],
-                 workers: int, invocation: tuple[str, str]) -> list:
-    """Run the jobs, `workers` at a time; reports come back in the order of `jobs`.
+def run_parallel(job_function: Callable, settings: Settings, url: str, schema: str,
+                 jobs: list[tuple], workers: int, invocation: tuple[str, str],
+                 cancelled: Callable[[tuple, BaseException], object]) -> list:
+    """Run `job_function(settings, url, schema, job)` for each job, `workers` at a time, each
+    in a process of its own; it returns a report (with `.exception` when it failed) and must
+    be a module-level function (it is sent to the workers by name). Reports come back in the
+    order of `jobs`; a job cancelled before it started (a SIGTERM) gets `cancelled(job, exc)`.
 
     A SIGTERM to this process is passed on to the workers, which stop as a sequential run
     does: the page being loaded commits, then each reports itself interrupted.
@@ -86,8 +80,8 @@ def run_parallel(settings: Settings, url: str, schema: str, jobs: list[tuple[str
                                    initargs=(settings.log_level, settings.log_format))
     processes = lambda: list(getattr(executor, "_processes", {}).values())  # noqa: E731
     try:
-        futures = {executor.submit(_job, settings, url, schema, d, s, invocation): i
-                   for i, (d, s) in enumerate(jobs)}
+        futures = {executor.submit(_run, job_function, settings, url, schema, job, invocation): i
+                   for i, job in enumerate(jobs)}
         reports: list = [None] * len(jobs)
         pending, forwarded = set(futures), False
         while pending:
@@ -102,13 +96,9 @@ def run_parallel(settings: Settings, url: str, schema: str, jobs: list[tuple[str
                 for process in processes():
                     if process.is_alive():
                         os.kill(process.pid, signal.SIGTERM)
-        for i, (domain, stream) in enumerate(jobs):
+        for i, job in enumerate(jobs):
             if reports[i] is None:  # cancelled before it started
-                from etl.sync import StreamReport
-
-                reports[i] = StreamReport(domain, stream, status="failed",
-                                          error=stopping.MESSAGE,
-                                          exception=Interrupted(stopping.MESSAGE))
+                reports[i] = cancelled(job, Interrupted(stopping.MESSAGE))
         return reports
     except BaseException:
         for process in processes():

@@ -19,7 +19,8 @@ from psycopg import sql
 from etl import runinfo, sources, state, stopping
 from etl.config import Settings
 from etl.db import Warehouse
-from etl.extract.streams import Window
+from etl.errors import describe_failure
+from etl.extract.client import make_client
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ class ReconcileReport:
 
 def reconcile(settings: Settings, warehouse: Warehouse, domain: str,
               resource: str) -> ReconcileReport:
-    from etl.sync import make_client
-
     table, key, bi_kinds = BASE[resource]
     source = sources.get(resource)
     report = ReconcileReport(domain, resource)
@@ -56,7 +55,7 @@ def reconcile(settings: Settings, warehouse: Warehouse, domain: str,
             conn.execute("drop table if exists _present")
             conn.execute("create temp table _present (id text)")  # boundary pages repeat ids
             stream = source.stream(client, domain, settings)
-            for page in stream.pages(Window()):
+            for page in stream.pages(stream.cursor_kind()):
                 ids = {str(r.get(source.id_key) or r.get("id")) for r in page.records
                        if isinstance(r, dict) and (r.get(source.id_key) or r.get("id"))}
                 with conn.cursor().copy("copy _present (id) from stdin") as copy:
@@ -131,8 +130,6 @@ def run_due(settings: Settings, warehouse: Warehouse) -> bool:
         try:
             reconcile(settings.for_domain(domain), warehouse, domain, resource)
         except Exception as exc:  # noqa: BLE001 - the sync's own result stands; say it
-            from etl.sync import describe_failure
-
             log.error("reconcile %s [%s] failed: %s", resource, domain, describe_failure(exc))
             ok = False
     return ok

@@ -30,17 +30,29 @@ if TYPE_CHECKING:
 class Source:
     """One HQ source. `name` is what STREAMS and `--stream` say; `id_key` names a record's id
     (for dead letters); `default`: synced when STREAMS is unset; `backfill`: pages by
-    `indexed_on`, so a window of it can be re-read."""
+    `indexed_on`, so a window of it can be re-read; `own_login`: each partition logs in with
+    its own credentials (a mobile worker's restore), so one refused login is not the project's.
+
+    The stream's class names its cursor kind; `partitions` lists the independent reads of the
+    source (each with its own checkpoint and lock), `[""]` for a source read as one, `[]` when
+    the settings ask for none.
+    """
 
     name: ClassVar[str]
     id_key: ClassVar[str] = "id"
     default: ClassVar[bool] = True
     backfill: ClassVar[bool] = False
+    own_login: ClassVar[bool] = False
     transform: ClassVar[RecordTransform]
     target: ClassVar[Target]
 
     @classmethod
-    def stream(cls, client: HQClient, domain: str, settings: "Settings") -> Stream:
+    def partitions(cls, settings: "Settings") -> list[str]:
+        return [""]
+
+    @classmethod
+    def stream(cls, client: HQClient, domain: str, settings: "Settings",
+               partition: str = "") -> Stream:
         raise NotImplementedError
 
 
@@ -67,18 +79,31 @@ def names(*, default_only: bool = False, backfill_only: bool = False) -> list[st
             if (s.default or not default_only) and (s.backfill or not backfill_only)]
 
 
+# --- listings HQ gives only in full, kept as run-scoped snapshots --------------------------
+
+class _Listing(Source):
+    stream_class: ClassVar[type[Stream]]
+    page_size: ClassVar[int] = 1000
+
+    @classmethod
+    def stream(cls, client: HQClient, domain: str, settings: "Settings",
+               partition: str = "") -> Stream:
+        return cls.stream_class(client, domain, cls.page_size)
+
+
 @register
-class Apps(Source):
+class Apps(_Listing):
     """The Application Structure API: the data dictionary the form tables are named from."""
 
     name = "apps"
+    page_size = 100
+    stream_class = AppStream
     transform = staticmethod(transform_app)
     target = APPS_TARGET
 
-    @classmethod
-    def stream(cls, client: HQClient, domain: str, settings: "Settings") -> Stream:
-        return AppStream(client, domain, 100)
 
+
+# --- cases and forms: paged by indexed_on -------------------------------------------------
 
 @register
 class Cases(Source):
@@ -89,7 +114,8 @@ class Cases(Source):
     target = CASES_TARGET
 
     @classmethod
-    def stream(cls, client: HQClient, domain: str, settings: "Settings") -> Stream:
+    def stream(cls, client: HQClient, domain: str, settings: "Settings",
+               partition: str = "") -> Stream:
         kind = CaseStreamV2 if settings.case_api == "v2" else CaseStream
         return kind(client, domain, settings.case_page_size)
 
@@ -102,20 +128,12 @@ class Forms(Source):
     target = FORMS_TARGET
 
     @classmethod
-    def stream(cls, client: HQClient, domain: str, settings: "Settings") -> Stream:
+    def stream(cls, client: HQClient, domain: str, settings: "Settings",
+               partition: str = "") -> Stream:
         return FormStream(client, domain, settings.form_page_size)
 
 
-# --- reference data: listings HQ gives only in full, kept as run-scoped snapshots ----------
-
-class _Listing(Source):
-    stream_class: ClassVar[type[Stream]]
-    page_size: ClassVar[int] = 1000
-
-    @classmethod
-    def stream(cls, client: HQClient, domain: str, settings: "Settings") -> Stream:
-        return cls.stream_class(client, domain, cls.page_size)
-
+# --- reference data --------------------------------------------------------------------------
 
 @register
 class Users(_Listing):

@@ -26,23 +26,26 @@ def collect(conn: psycopg.Connection, schema: str) -> dict[str, Any]:
     """Every (domain, stream) with a checkpoint or a run: checkpoint, last run, last success,
     dead letters."""
     s = sql.Identifier(schema)
-    checkpoints = {(d, st): (cursor, moved) for d, st, cursor, moved in conn.execute(sql.SQL(
-        "select domain, stream, cursor, updated_at from {}.sync_checkpoints").format(s))}
-    last_runs = {(r[0], r[1]): r[2:] for r in conn.execute(sql.SQL("""
-        select distinct on (domain, stream) domain, stream, id, invocation, trigger, command,
-               status, started_at, finished_at, records, error
-        from {}.sync_runs order by domain, stream, id desc""").format(s))}
-    last_ok = dict(((d, st), finished) for d, st, finished in conn.execute(sql.SQL("""
-        select domain, stream, max(finished_at) from {}.sync_runs where status = 'ok'
-        group by 1, 2""").format(s)))
-    letters = dict(((d, st), n) for d, st, n in conn.execute(sql.SQL(
-        "select domain, stream, count(*) from {}.dead_letters group by 1, 2").format(s)))
+    checkpoints = {(d, st, p): (cursor, kind, moved) for d, st, p, cursor, kind, moved in
+                   conn.execute(sql.SQL("select domain, stream, partition, cursor, kind, "
+                                        "updated_at from {}.sync_checkpoints").format(s))}
+    last_runs = {(r[0], r[1], r[2]): r[3:] for r in conn.execute(sql.SQL("""
+        select distinct on (domain, stream, partition) domain, stream, partition, id,
+               invocation, trigger, command, status, started_at, finished_at, records, error
+        from {}.sync_runs order by domain, stream, partition, id desc""").format(s))}
+    last_ok = dict(((d, st, p), finished) for d, st, p, finished in conn.execute(sql.SQL("""
+        select domain, stream, partition, max(finished_at) from {}.sync_runs
+        where status = 'ok' group by 1, 2, 3""").format(s)))
+    letters = dict(((d, st, p), n) for d, st, p, n in conn.execute(sql.SQL(
+        "select domain, stream, partition, count(*) from {}.dead_letters group by 1, 2, 3"
+    ).format(s)))
     streams = []
-    for domain, stream in sorted(set(checkpoints) | set(last_runs)):
-        cursor, moved = checkpoints.get((domain, stream), (None, None))
-        run = last_runs.get((domain, stream))
+    for key in sorted(set(checkpoints) | set(last_runs)):
+        domain, stream, partition = key
+        cursor, kind, moved = checkpoints.get(key, (None, None, None))
+        run = last_runs.get(key)
         streams.append({
-            "domain": domain, "stream": stream,
+            "domain": domain, "stream": stream, "partition": partition, "cursor_kind": kind,
             "checkpoint": cursor, "checkpoint_moved_at": _iso(moved),
             "indexed_on": (cursor or {}).get("indexed_on"),
             "hq_server": (cursor or {}).get("server"),
@@ -50,8 +53,8 @@ def collect(conn: psycopg.Connection, schema: str) -> dict[str, Any]:
                 "id": run[0], "invocation": run[1], "trigger": run[2], "command": run[3],
                 "status": run[4], "started_at": _iso(run[5]), "finished_at": _iso(run[6]),
                 "records": run[7], "error": run[8]},
-            "last_success_at": _iso(last_ok.get((domain, stream))),
-            "dead_letters": letters.get((domain, stream), 0),
+            "last_success_at": _iso(last_ok.get(key)),
+            "dead_letters": letters.get(key, 0),
         })
     return {"version": SCHEMA_VERSION, "schema": schema, "streams": streams,
             "dead_letters": sum(letters.values())}
@@ -87,7 +90,8 @@ def render_text(report: dict) -> str:
     lines = []
     for e in report["streams"]:
         run = e["last_run"] or {}
-        line = (f"{e['domain']}\t{e['stream']}\tindexed_on {e['indexed_on'] or '-'}\t"
+        stream = f"{e['stream']}[{e['partition']}]" if e.get("partition") else e["stream"]
+        line = (f"{e['domain']}\t{stream}\tindexed_on {e['indexed_on'] or '-'}\t"
                 f"last run {run.get('status', '-')} {run.get('finished_at') or run.get('started_at') or ''}"
                 f"\tlast success {e['last_success_at'] or 'never'}")
         if e["dead_letters"]:

@@ -15,13 +15,19 @@ import psycopg
 
 from etl import runinfo, sources, state, stopping
 from etl.config import Settings
-from etl.dates import format_iso, parse_hq_datetime
+from etl.dates import format_iso
 from etl.db import Warehouse
-from etl.errors import AuthError, ConfigError, EtlError, ExitCode, Interrupted
-from etl.extract.client import HQClient
-from etl.extract.streams import Page, Window
+from etl.errors import (AuthError, ConfigError, EtlError, ExitCode, Interrupted,
+                        describe_failure)
+from etl.extract.client import HQClient, make_client
+from etl.extract.cursors import Cursor, IndexedOnCursor, SnapshotCursor
+from etl.extract.streams import Page
 from etl.load.postgres import Loader
+from etl.parallel import run_parallel
 from etl.transform import Batch, transform_page
+
+__all__ = ["StreamReport", "describe_failure", "make_client", "run_backfill", "run_sync",
+           "reset_streams", "sync_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,7 @@ class StreamReport:
     domain: str
     stream: str
     command: str = "sync"
+    partition: str = ""
     status: str = "running"
     records: int = 0
     inserted: int = 0
@@ -45,19 +52,24 @@ class StreamReport:
     requests: int = 0
     seconds: float = 0.0
     error: str | None = None
-    cursor: dict | None = None
+    cursor: Cursor | None = None
     exception: BaseException | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.stream}[{self.partition}]" if self.partition else self.stream
 
     def counts(self) -> dict:
         """The numbers of the summary, for JSON log lines."""
-        return {"domain": self.domain, "stream": self.stream, "command": self.command,
+        return {"domain": self.domain, "stream": self.stream, "partition": self.partition,
+                "command": self.command,
                 "status": self.status, "records": self.records, "inserted": self.inserted,
                 "updated": self.updated, "pages": self.pages, "requests": self.requests,
                 "dead_letters": self.rejected, "seconds": round(self.seconds, 3)}
 
     def summary(self) -> str:
         rate = self.records / self.seconds if self.seconds else 0.0
-        text = (f"{self.command} {self.stream} [{self.domain}]: {self.status}; "
+        text = (f"{self.command} {self.label} [{self.domain}]: {self.status}; "
                 f"{self.records} records ({self.inserted} new, {self.updated} updated"
                 f"{f', {self.skipped_older} older ignored' if self.skipped_older else ''}) "
                 f"in {self.pages} pages, {self.requests} requests, {self.seconds:.1f}s "
@@ -68,8 +80,9 @@ class StreamReport:
             text += f"; {self.cleaned} values had characters PostgreSQL cannot store removed"
         if self.rejected:
             text += f"; {self.rejected} records sent to dead_letters"
-        if self.cursor and self.cursor.get("indexed_on"):
-            text += f"; checkpoint indexed_on={self.cursor['indexed_on']}"
+        position = self.cursor.position() if self.cursor else None
+        if position:
+            text += f"; checkpoint {position}"
         if self.error:
             text += f"; error: {self.error}"
         return text
@@ -152,75 +165,77 @@ class Progress:
             self._logs.__exit__(None, None, None)
 
 
-def make_client(settings: Settings) -> HQClient:
-    return HQClient(
-        settings.commcare_base_url, settings.commcare_username or "", settings.api_key,
-        timeout=settings.http_timeout, retry_max_seconds=settings.retry_max_seconds,
-        retry_initial_wait=settings.retry_initial_wait, retry_max_wait=settings.retry_max_wait,
-        unreachable_max_seconds=settings.unreachable_retry_seconds,
-    )
-
-
 def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, domain: str,
-                stream_name: str, *, command: str = "sync",
-                window: Window | Callable[[dict | None], Window] | None = None,
+                stream_name: str, *, partition: str = "", command: str = "sync",
+                start: Cursor | Callable[[Cursor], Cursor] | None = None,
                 checkpoint_stream: str | None = None, cursor_extra: dict | None = None,
                 forget_checkpoint_when_done: bool = False) -> StreamReport:
-    """Run one stream to the end. Raises on failure after recording it in sync_runs."""
-    report = StreamReport(domain=domain, stream=stream_name, command=command)
+    """Run one stream (one partition of it) to the end. Raises on failure after recording it
+    in sync_runs.
+
+    `start`: where to read from instead of the saved cursor, or a function choosing it from
+    the saved one (a backfill resuming its own window)."""
+    report = StreamReport(domain=domain, stream=stream_name, command=command, partition=partition)
     checkpoint_stream = checkpoint_stream or stream_name
     source = sources.get(stream_name)
     started = time.monotonic()
-    with runinfo.working_on(domain, stream_name), warehouse.connect() as conn, state.stream_lock(
+    with runinfo.working_on(domain, report.label), warehouse.connect() as conn, state.stream_lock(
             conn, warehouse.schema, domain, checkpoint_stream, settings.lock_wait_seconds,
-            purpose=command):
-        cursor = state.load_checkpoint(conn, warehouse.schema, domain, checkpoint_stream)
-        _check_server(cursor, settings.commcare_base_url, domain, stream_name)
+            purpose=command, partition=partition):
+        stream = source.stream(client, domain, settings, partition)
+        saved = state.load_cursor(conn, warehouse.schema, domain, checkpoint_stream,
+                                  stream.cursor_kind, partition)
+        _check_server(saved, settings.commcare_base_url, domain, stream_name)
         cursor_extra = {**(cursor_extra or {}), "server": settings.commcare_base_url}
-        if callable(window):  # decided from the saved cursor, e.g. a backfill resuming
-            window = window(cursor)
-        if window is None:
-            window = Window.from_cursor(cursor, lookback=timedelta(seconds=settings.lookback_seconds))
-        run_id = state.start_run(conn, warehouse.schema, command, domain, checkpoint_stream, cursor)
-        stream = source.stream(client, domain, settings)
-        log.info("%s %s [%s]: starting from %s", command, stream_name, domain,
-                 _describe(window))
+        if callable(start):  # decided from the saved cursor, e.g. a backfill resuming
+            cursor = start(saved)
+        elif start is not None:
+            cursor = start
+        elif isinstance(saved, IndexedOnCursor):
+            cursor = saved.looked_back(timedelta(seconds=settings.lookback_seconds))
+        else:
+            cursor = saved
+        run_id = state.start_run(conn, warehouse.schema, command, domain, checkpoint_stream,
+                                 saved.to_json(), partition)
+        log.info("%s %s [%s]: starting from %s", command, report.label, domain, cursor.describe())
         loader = Loader(conn, warehouse.schema, bi=settings.bi_tables,
                         ddl_lock_timeout=settings.ddl_lock_timeout,
                         keep=getattr(stream, "unknown_columns", ()))
+        place = _Place(stream_name, checkpoint_stream, partition, domain, run_id)
         last_progress = time.monotonic()
-        progress = Progress(f"{stream_name} [{domain}]", settings.log_format)
+        progress = Progress(f"{report.label} [{domain}]", settings.log_format)
         try:
             if source.target.listed:
                 loader.begin_listing(source.target)
             rebuilt = loader.rebuild_pending(source.target, stream_name, domain)
             if rebuilt:
                 log.info("%s %s [%s]: rewrote the BI rows of %d record(s) that had waited for "
-                         "a new column", command, stream_name, domain, rebuilt)
+                         "a new column", command, report.label, domain, rebuilt)
             # Fetching and transforming (pure) run a page ahead, in a thread, while this one
             # loads; loads stay strictly in order, one transaction per page.
             transformed = ((page, transform_page(page.records, domain, source.transform,
                                                  page.needs_cleaning, source.id_key))
-                           for page in stream.pages(window))
+                           for page in stream.pages(cursor))
             for page, batch in prefetch(transformed):
-                page.cursor = {**page.cursor, **cursor_extra}
-                _load(loader, source, page, batch, report, stream_name, domain, run_id,
-                      checkpoint_stream, stream.requests_made)
+                page.cursor = page.cursor.with_extra(cursor_extra)
+                _load(loader, source, page, batch, report, place, stream.requests_made)
                 progress.advance(batch.records, page.total)
                 stopping.check()  # between pages: the last one is committed
                 if time.monotonic() - last_progress > 30:
                     last_progress = time.monotonic()
-                    log.info("%s %s [%s]: %d records so far, at indexed_on %s", command,
-                             stream_name, domain, report.records, page.cursor.get("indexed_on"))
+                    log.info("%s %s [%s]: %d records so far, at %s", command, report.label,
+                             domain, report.records, page.cursor.position() or "the start")
             if source.target.listed:  # read whole: what HQ no longer lists is marked deleted
+                done = SnapshotCursor(datetime.now(timezone.utc), report.records,
+                                      extra=cursor_extra)
                 report.marked_deleted = loader.finish_listing(
-                    source.target, checkpoint_stream, domain,
-                    {"synced_at": format_iso(datetime.now(timezone.utc)),
-                     "records": report.records, **cursor_extra}, run_id)
+                    source.target, checkpoint_stream, domain, done, run_id, partition)
+                report.cursor = done
             if settings.bi_tables:
                 _refresh_typed_views(loader)
             if forget_checkpoint_when_done:
-                state.delete_checkpoints(conn, warehouse.schema, domain, [checkpoint_stream])
+                state.delete_checkpoints(conn, warehouse.schema, domain, [checkpoint_stream],
+                                         partition)
             progress.close()
         except BaseException as exc:
             progress.close()
@@ -240,9 +255,20 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
     return report
 
 
-def _check_server(cursor: dict | None, server: str, domain: str, stream_name: str) -> None:
+@dataclass(frozen=True)
+class _Place:
+    """Where a run's pages go: the stream, its checkpoint's key, and the run's id."""
+
+    stream: str
+    checkpoint_stream: str
+    partition: str
+    domain: str
+    run_id: int
+
+
+def _check_server(cursor: Cursor, server: str, domain: str, stream_name: str) -> None:
     """A checkpoint says how far one HQ server was read: against another it means nothing."""
-    saved = (cursor or {}).get("server")
+    saved = cursor.extra.get("server")
     if saved and saved.rstrip("/") != server.rstrip("/"):
         raise ConfigError(
             f"the {stream_name} checkpoint of domain {domain!r} was made against {saved}, but "
@@ -253,12 +279,12 @@ def _check_server(cursor: dict | None, server: str, domain: str, stream_name: st
 
 
 def _load(loader: Loader, source: type[sources.Source], page: Page, batch: Batch,
-          report: StreamReport, stream_name: str, domain: str, run_id: int,
-          checkpoint_stream: str, requests: int) -> None:
-    result = loader.load_page(stream=stream_name, target=source.target,
-                              domain=domain, batch=batch, cursor=page.cursor,
-                              run_id=run_id, source_url=page.url,
-                              checkpoint_stream=checkpoint_stream, requests=requests)
+          report: StreamReport, place: _Place, requests: int) -> None:
+    result = loader.load_page(stream=place.stream, target=source.target,
+                              domain=place.domain, batch=batch, cursor=page.cursor,
+                              run_id=place.run_id, source_url=page.url,
+                              checkpoint_stream=place.checkpoint_stream, requests=requests,
+                              partition=place.partition)
     report.pages += 1
     report.records += batch.records
     report.inserted += result.inserted
@@ -269,8 +295,10 @@ def _load(loader: Loader, source: type[sources.Source], page: Page, batch: Batch
     report.cursor = page.cursor
     if batch.rejects:
         log.warning("%s [%s]: %d record(s) could not be loaded and went to dead_letters "
-                    "(first: %s)", stream_name, domain, len(batch.rejects), batch.rejects[0].reason)
-    log.debug("%s [%s]: loaded page of %d (%s)", stream_name, domain, batch.records, page.url)
+                    "(first: %s)", report.label, place.domain, len(batch.rejects),
+                    batch.rejects[0].reason)
+    log.debug("%s [%s]: loaded page of %d (%s)", report.label, place.domain, batch.records,
+              page.url)
 
 
 def _refresh_typed_views(loader: Loader) -> None:
@@ -302,38 +330,40 @@ def _finish(warehouse: Warehouse, conn: psycopg.Connection, run_id: int, status:
         log.debug("could not record the end of run %s", run_id, exc_info=True)
 
 
-def _describe(window: Window) -> str:
-    if window.next_url:
-        return "the saved HQ cursor"
-    parts = [f"indexed_on {window.start.isoformat()}" if window.start else "the beginning"]
-    if window.tie is not None:
-        parts.append("(inside that millisecond)")
-    if window.end:
-        parts.append(f"to {window.end.isoformat()}")
-    return " ".join(parts)
+Job = tuple[str, str, str]  # (domain, stream, partition)
+
+
+def jobs_for(settings: Settings, streams: list[str] | None = None,
+             domains: list[str] | None = None) -> list[Job]:
+    """Every (domain, stream, partition) to sync: a stream with several independent reads
+    (one per export, one per mobile worker) has a partition each."""
+    jobs = []
+    for domain in domains or settings.domains():
+        project = settings.for_domain(domain)
+        for stream in streams or project.streams:
+            jobs += [(domain, stream, p) for p in sources.get(stream).partitions(project)]
+    return jobs
 
 
 def run_sync(settings: Settings, warehouse: Warehouse, *, streams: list[str] | None = None,
              domains: list[str] | None = None) -> list[StreamReport]:
-    """Sync every configured (domain, stream), each project with its own credentials. A
-    failure is reported and the other streams and projects still run; a project whose
-    credentials or settings are wrong fails once and its other streams are skipped.
+    """Sync every configured (domain, stream, partition), each project with its own
+    credentials. A failure is reported and the others still run; a project whose credentials
+    or settings are wrong fails once and its other streams are skipped.
 
     `apps` goes first (the form tables take names, labels and repeats from it); the other
     streams run PARALLEL_STREAMS at a time, each in its own process when more than one.
     """
-    jobs = [(d, s) for d in domains or settings.domains()
-            for s in streams or settings.for_domain(d).streams]
+    jobs = jobs_for(settings, streams, domains)
     first = [job for job in jobs if job[1] == "apps"]
     reports = _run_in_turn(settings, warehouse, first)
     given_up = {r.domain for r in reports if _gives_up_domain(r.exception)}
     rest = [job for job in jobs if job[1] != "apps" and job[0] not in given_up]
     if settings.parallel_streams > 1 and len(rest) > 1:
-        from etl.parallel import run_parallel
-
         url = warehouse.engine.url.render_as_string(hide_password=False)
-        parallel = run_parallel(settings, url, warehouse.schema, rest, settings.parallel_streams,
-                                (runinfo.invocation(), runinfo.trigger()))
+        parallel = run_parallel(run_job, settings, url, warehouse.schema, rest,
+                                settings.parallel_streams,
+                                (runinfo.invocation(), runinfo.trigger()), _cancelled)
         for report in parallel:
             if isinstance(report.exception, Interrupted):
                 raise report.exception
@@ -343,13 +373,34 @@ def run_sync(settings: Settings, warehouse: Warehouse, *, streams: list[str] | N
     return reports
 
 
-def _run_in_turn(settings: Settings, warehouse: Warehouse,
-                 jobs: list[tuple[str, str]]) -> list[StreamReport]:
+def run_job(settings: Settings, url: str, schema: str, job: Job) -> StreamReport:
+    """One job in a worker process of `run_parallel`: its own connections, lock and client."""
+    domain, stream, partition = job
+    warehouse = Warehouse(url, schema)
+    client = None
+    try:
+        project = settings.for_domain(domain)
+        client = make_client(project)
+        return sync_stream(project, warehouse, client, domain, stream, partition=partition)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        return failed_report(domain, stream, exc, partition)
+    finally:
+        if client is not None:
+            client.close()
+        warehouse.dispose()
+
+
+def _cancelled(job: Job, exc: BaseException) -> StreamReport:
+    return StreamReport(job[0], job[1], partition=job[2], status="failed", error=str(exc),
+                        exception=exc)
+
+
+def _run_in_turn(settings: Settings, warehouse: Warehouse, jobs: list[Job]) -> list[StreamReport]:
     reports: list[StreamReport] = []
     clients: dict[str, HQClient] = {}
     given_up: set[str] = set()
     try:
-        for domain, stream_name in jobs:
+        for domain, stream_name, partition in jobs:
             stopping.check()
             if domain in given_up:
                 continue
@@ -358,12 +409,12 @@ def _run_in_turn(settings: Settings, warehouse: Warehouse,
                 if domain not in clients:
                     clients[domain] = make_client(project)
                 reports.append(sync_stream(project, warehouse, clients[domain], domain,
-                                           stream_name))
+                                           stream_name, partition=partition))
             except Interrupted:
                 raise
             except Exception as exc:  # noqa: BLE001 - one stream's failure does not stop the rest
-                reports.append(failed_report(domain, stream_name, exc))
-                if _gives_up_domain(exc):
+                reports.append(failed_report(domain, stream_name, exc, partition))
+                if _gives_up_domain(exc) and not sources.get(stream_name).own_login:
                     given_up.add(domain)
     finally:
         for client in clients.values():
@@ -380,26 +431,16 @@ def _is_config_error(exc: BaseException | None) -> bool:
     return getattr(exc, "exit_code", None) == ExitCode.CONFIG
 
 
-def describe_failure(exc: BaseException) -> str:
-    """One line for an operator: what failed, and that the checkpoint did not move past it."""
-    if isinstance(exc, EtlError):
-        return str(exc)
-    if isinstance(exc, psycopg.Error):
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return (f"database error ({type(exc).__name__}): {first}; the checkpoint stays at the "
-                f"last loaded page. Check the warehouse database (its log, disk space, "
-                f"permissions) and run again")
-    return (f"unexpected error: {type(exc).__name__}: {exc}; the checkpoint stays at the last "
-            f"loaded page (please report this)")
-
-
-def failed_report(domain: str, stream_name: str, exc: BaseException) -> StreamReport:
+def failed_report(domain: str, stream_name: str, exc: BaseException,
+                  partition: str = "") -> StreamReport:
     message = describe_failure(exc)
+    report = StreamReport(domain, stream_name, partition=partition, status="failed",
+                          error=message, exception=exc)
     if isinstance(exc, (EtlError, psycopg.Error)):
-        log.error("sync %s [%s] failed: %s", stream_name, domain, message)
+        log.error("sync %s [%s] failed: %s", report.label, domain, message)
     else:
-        log.exception("sync %s [%s] failed: %s", stream_name, domain, message)
-    return StreamReport(domain, stream_name, status="failed", error=message, exception=exc)
+        log.exception("sync %s [%s] failed: %s", report.label, domain, message)
+    return report
 
 
 def backfill_key(stream_name: str) -> str:
@@ -415,24 +456,23 @@ def run_backfill(settings: Settings, warehouse: Warehouse, stream_name: str, dom
     run while a scheduled sync runs (the upsert keeps whichever version is newer).
     """
     # Without --until the window ends when the backfill first starts; resuming keeps that end.
-    wanted = {"since": format_iso(since) if since else None,
-              "until": format_iso(until or datetime.now(timezone.utc)),
-              "open_until": until is None}
+    end = until or datetime.now(timezone.utc)
+    wanted = {"since": format_iso(since) if since else None, "open_until": until is None}
 
-    def window(progress: dict | None) -> Window:
-        if progress and progress.get("since") == wanted["since"] and (
-                progress.get("until") == wanted["until"]
-                or (wanted["open_until"] and progress.get("open_until"))):
-            wanted["until"] = progress["until"]
+    def start(progress: Cursor) -> Cursor:
+        same_window = progress.extra.get("since") == wanted["since"] and (
+            (progress.until is not None and progress.until == end)
+            or (wanted["open_until"] and progress.extra.get("open_until")))
+        if progress.until is not None and same_window:
             log.info("backfill %s [%s]: resuming the unfinished backfill of this window",
                      stream_name, domain)
-            return Window.from_cursor(progress, end=parse_hq_datetime(progress["until"]))
-        return Window(start=since, end=parse_hq_datetime(wanted["until"]))
+            return progress
+        return type(progress)(indexed_on=since, until=end, extra=progress.extra)
 
     client = make_client(settings)
     try:
         return sync_stream(settings, warehouse, client, domain, stream_name, command="backfill",
-                           window=window, checkpoint_stream=backfill_key(stream_name),
+                           start=start, checkpoint_stream=backfill_key(stream_name),
                            cursor_extra=wanted, forget_checkpoint_when_done=True)
     finally:
         client.close()

@@ -21,7 +21,7 @@ def extra_source():
         default = False
 
         @classmethod
-        def stream(cls, client, domain, settings):
+        def stream(cls, client, domain, settings, partition=""):
             stream = FormStream(client, domain, 50)
             stream.extra_params = {"include_archived": "true"}
             return stream

@@ -29,7 +29,7 @@ def test_initial_sync_loads_exactly_what_hq_serves(sim, settings, warehouse, db)
     n_cases, n_forms = assert_warehouse_matches(db, warehouse.schema, sim)
     assert n_cases == len(sim.snapshot("demo", "case")) > 0
     assert reports["cases"].records >= n_cases and reports["forms"].records >= n_forms
-    checkpoints = {s: c for _, s, c, _ in state.list_checkpoints(db, warehouse.schema)}
+    checkpoints = {s: c for _, s, c, _, _ in state.list_checkpoints(db, warehouse.schema)}
     assert set(checkpoints) == {"apps", "cases", "forms"}
     newest = max(parse_hq_datetime(c["indexed_on"]) for c in sim.snapshot("demo", "case").values())
     assert parse_hq_datetime(checkpoints["cases"]["indexed_on"]) == truncate_ms(newest)

@@ -14,7 +14,7 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urljoin
 
 import requests
@@ -24,6 +24,9 @@ from requests.adapters import HTTPAdapter
 from etl import __version__, jsonutil
 from etl.errors import (AuthError, HQError, HQNotFound, HQRequestRejected, HQUnreachable,
                         MalformedResponse)
+
+if TYPE_CHECKING:
+    from etl.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -260,3 +263,13 @@ def require_json_object(doc: JsonDocument, *keys: str) -> dict:
             url=doc.url,
         )
     return doc.data
+
+
+def make_client(settings: "Settings") -> HQClient:
+    """The client a project's settings describe (its server, credentials, time limits)."""
+    return HQClient(
+        settings.commcare_base_url, settings.commcare_username or "", settings.api_key,
+        timeout=settings.http_timeout, retry_max_seconds=settings.retry_max_seconds,
+        retry_initial_wait=settings.retry_initial_wait, retry_max_wait=settings.retry_max_wait,
+        unreachable_max_seconds=settings.unreachable_retry_seconds,
+    )

@@ -4,27 +4,22 @@ A stream yields `Page`s. Each page carries the cursor to save once its records a
 loader commits records and cursor together, so resuming from the saved cursor never skips a
 record (it may re-read a few, which the upsert absorbs).
 
-Cursor shapes (stored as JSON in `sync_checkpoints.cursor`):
-  v0.5  {"indexed_on": ISO}                       next request: indexed_on_start=<that>
-        {"indexed_on": ISO, "tie": [{"key": K, "from": ISO}, ...]}
-                                                   inside a millisecond holding more than a page:
-                                                   read by key K from that value on (a second
-                                                   entry: inside K's millisecond, by the next key)
-  v2    {"indexed_on": ISO, "next": URL}           mid-run: follow HQ's keyset cursor
-        {"indexed_on": ISO}                        between runs: start at that watermark
+Each stream names its cursor kind (`etl.extract.cursors`): `pages(cursor)` starts where that
+cursor says and each page carries the cursor that follows it.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, ClassVar, Iterator
 from urllib.parse import urljoin
 
 from etl.dates import ONE_MS, format_iso, format_v05, parse_hq_datetime, truncate_ms
 from etl.errors import HQError
 from etl.extract.client import HQClient, require_json_object
+from etl.extract.cursors import Cursor, IndexedOnCursor, KeysetCursor, SnapshotCursor
 
 log = logging.getLogger(__name__)
 
@@ -34,39 +29,10 @@ _REST_OF_MS = timedelta(microseconds=999)
 @dataclass
 class Page:
     records: list[dict]
-    cursor: dict[str, Any]
+    cursor: Cursor
     needs_cleaning: bool = False
     url: str = ""
     total: int | None = None  # on a read's first page: HQ's count of what the read will cover
-
-
-@dataclass
-class Window:
-    """Where a read starts and ends (both inclusive, None = open).
-
-    `tie` is set when the read resumes inside one millisecond of `indexed_on` that holds more
-    records than a page: the position within it, one entry per secondary key (see
-    `IndexedOnStream`); an empty list re-reads the whole millisecond.
-    """
-
-    start: datetime | None = None
-    end: datetime | None = None
-    tie: list[dict] | None = None
-    next_url: str | None = None
-
-    @classmethod
-    def from_cursor(cls, cursor: dict | None, *, end: datetime | None = None,
-                    lookback: timedelta = timedelta(0)) -> "Window":
-        cursor = cursor or {}
-        start = parse_hq_datetime(cursor.get("indexed_on"))
-        tie = cursor.get("tie")
-        if tie is None and "tie_offset" in cursor:
-            tie = []  # an offset saved by an older version: read that millisecond again whole
-        next_url = cursor.get("next")
-        if start is not None and lookback and tie is None and not next_url:
-            start -= lookback
-        return cls(start=start, end=end, tie=list(tie) if tie is not None else None,
-                   next_url=next_url)
 
 
 @dataclass
@@ -81,6 +47,7 @@ class Stream:
     path: ClassVar[str]  # below /a/<domain>/api/
     primary_key: ClassVar[str] = "id"
     replication_key: ClassVar[str] = "indexed_on"
+    cursor_kind: ClassVar[type[Cursor]] = IndexedOnCursor
     extra_params: ClassVar[dict[str, str]] = {}
 
     requests_made: int = field(default=0, init=False)
@@ -89,7 +56,7 @@ class Stream:
     def list_path(self) -> str:
         return f"/a/{self.domain}/api/{self.path}"
 
-    def pages(self, window: Window) -> Iterator[Page]:
+    def pages(self, cursor: Cursor) -> Iterator[Page]:
         raise NotImplementedError
 
 
@@ -142,10 +109,11 @@ class IndexedOnStream(Stream):
             raise HQError(f"HQ answered {doc.url} with 'objects' that is not a list", url=doc.url)
         return objects, body.get("meta") or {}, doc
 
-    def pages(self, window: Window) -> Iterator[Page]:
-        start, end = window.start, window.end
-        if window.tie is not None and start is not None:
-            yield from self._tie_pages(truncate_ms(start), end, window.tie)
+    def pages(self, cursor: IndexedOnCursor) -> Iterator[Page]:
+        start, end = cursor.indexed_on, cursor.until
+        self._until = end
+        if cursor.tie is not None and start is not None:
+            yield from self._tie_pages(truncate_ms(start), end, cursor.tie)
             start = truncate_ms(start) + ONE_MS
         high_water = start
         total = None
@@ -199,7 +167,7 @@ class IndexedOnStream(Stream):
             yield from self._verify_tie(tie, after)
 
     def _slice(self, tie: "_Tie", bounds: dict, level: int, path: list[dict],
-               resume: list[dict], done: Callable[[], dict]) -> Iterator[Page]:
+               resume: list[dict], done: Callable[[], Cursor]) -> Iterator[Page]:
         """Every record of the tie within `bounds` (equality slices of the earlier keys).
         `done()` is the cursor to save once the slice is read: where its parent goes on."""
         if level == len(self.tie_keys):
@@ -245,7 +213,7 @@ class IndexedOnStream(Stream):
                                path + [_position(key, value)], resume, lambda: then)
 
     def _offset_slice(self, tie: "_Tie", bounds: dict, path: list[dict],
-                      done: Callable[[], dict]) -> Iterator[Page]:
+                      done: Callable[[], Cursor]) -> Iterator[Page]:
         """A slice no key splits: read it by offset, then again in other orders, until the
         distinct ids read reach HQ's count of the slice (its copies may order it differently)."""
         orders = ["indexed_on", "-indexed_on", *(f"-{k}" for k in self.tie_keys), *self.tie_keys]
@@ -271,7 +239,7 @@ class IndexedOnStream(Stream):
                 return
         raise self._incomplete(tie, len(ids), total)
 
-    def _verify_tie(self, tie: "_Tie", after: dict) -> Iterator[Page]:
+    def _verify_tie(self, tie: "_Tie", after: Cursor) -> Iterator[Page]:
         """Fewer distinct ids than HQ counted at the start: some may have left the millisecond
         since (re-indexed later, so read later in this run); others may be missing. Ask again."""
         _, meta, doc = self._fetch(self._params(tie.moment, tie.upper, limit=1))
@@ -291,12 +259,13 @@ class IndexedOnStream(Stream):
             f"(its search copies disagree on their order). The checkpoint stays before that "
             f"millisecond; run again, and report it to Dimagi if it persists.")
 
-    def _tie_cursor(self, tie: "_Tie", path: list[dict]) -> dict[str, Any]:
-        return {"indexed_on": format_iso(tie.moment), "tie": path}
+    _until: datetime | None = None  # the end of the read, carried by every cursor it makes
 
-    @staticmethod
-    def _cursor(moment: datetime | None) -> dict[str, Any]:
-        return {"indexed_on": format_iso(moment) if moment else None}
+    def _tie_cursor(self, tie: "_Tie", path: list[dict]) -> IndexedOnCursor:
+        return IndexedOnCursor(tie.moment, path, self._until)
+
+    def _cursor(self, moment: datetime | None) -> IndexedOnCursor:
+        return IndexedOnCursor(moment, None, self._until)
 
 
 @dataclass
@@ -359,14 +328,15 @@ class CaseStreamV2(Stream):
     name = "cases"
     path = "case/v2/"
     primary_key = "case_id"
+    cursor_kind = KeysetCursor
     # `cases` columns only v0.5 fills: after a switch from v0.5 they keep their values.
     unknown_columns = ("user_id", "opened_by", "closed_by", "server_date_opened", "xform_ids")
 
-    def pages(self, window: Window) -> Iterator[Page]:
-        start = window.start
+    def pages(self, cursor: KeysetCursor) -> Iterator[Page]:
+        start = cursor.indexed_on
         high_water = start
-        if window.next_url:
-            url, params = window.next_url, None
+        if cursor.next:
+            url, params = cursor.next, None
         else:
             url = self.list_path
             # Cases of case types deprecated in the data dictionary are still data: HQ leaves
@@ -374,8 +344,8 @@ class CaseStreamV2(Stream):
             params: dict[str, Any] | None = {"limit": self.page_size, "include_deprecated": "true"}
             if start is not None:
                 params["indexed_on.gte"] = format_iso(start)
-            if window.end is not None:
-                params["indexed_on.lte"] = format_iso(window.end)
+            if cursor.until is not None:
+                params["indexed_on.lte"] = format_iso(cursor.until)
         while True:
             doc = self.client.get_json(url, params)
             self.requests_made += 1
@@ -386,36 +356,13 @@ class CaseStreamV2(Stream):
                 high_water = max(high_water or stamps[0], max(stamps))
             next_url = body.get("next")
             if cases and next_url:
-                cursor = {"indexed_on": format_iso(start) if start else None, "next": next_url}
-                yield Page(cases, cursor, doc.needs_cleaning, doc.url)
+                yield Page(cases, KeysetCursor(start, None, cursor.until, next_url),
+                           doc.needs_cleaning, doc.url)
                 url, params = next_url, None
             else:
-                yield Page(cases, {"indexed_on": format_iso(high_water) if high_water else None},
+                yield Page(cases, KeysetCursor(high_water, None, cursor.until),
                            doc.needs_cleaning, doc.url)
                 return
-
-
-class AppStream(Stream):
-    """Application Structure API: every app at once (HQ does not page it); a full snapshot."""
-
-    name = "apps"
-    path = "v0.5/application/"
-
-    def pages(self, window: Window) -> Iterator[Page]:
-        apps: list[dict] = []
-        needs_cleaning, url, params = False, self.list_path, {"limit": 100}
-        while True:
-            doc = self.client.get_json(url, params)
-            self.requests_made += 1
-            body = require_json_object(doc, "objects")
-            apps.extend(body["objects"])
-            needs_cleaning |= doc.needs_cleaning
-            next_url = (body.get("meta") or {}).get("next")
-            if not next_url or not body["objects"]:
-                break
-            url, params = next_url, None
-        yield Page(apps, {"synced_at": format_iso(datetime.now(timezone.utc)), "apps": len(apps)},
-                   needs_cleaning, doc.url)
 
 
 class ListStream(Stream):
@@ -423,11 +370,12 @@ class ListStream(Stream):
     following `meta.next` (a bare `?limit=…&offset=…`, resolved against the page it came on).
     A snapshot: the loader marks what the complete listing no longer holds as deleted."""
 
+    cursor_kind = SnapshotCursor
     params: ClassVar[dict[str, str]] = {}
     listings: ClassVar[tuple[dict[str, Any], ...]] = ({},)  # several lists make one snapshot
     mark: ClassVar[str | None] = None  # the key that tells one listing's records apart
 
-    def pages(self, window: Window) -> Iterator[Page]:
+    def pages(self, cursor: SnapshotCursor) -> Iterator[Page]:
         for n, extra in enumerate(self.listings):
             url, params = self.list_path, {"limit": self.page_size, **self.params, **extra}
             while True:
@@ -442,7 +390,7 @@ class ListStream(Stream):
                     for record in objects:
                         if isinstance(record, dict):
                             record[self.mark] = n == 0
-                yield Page(objects, {"snapshot": "reading"}, doc.needs_cleaning, doc.url)
+                yield Page(objects, SnapshotCursor(reading=True), doc.needs_cleaning, doc.url)
                 next_url = (body.get("meta") or {}).get("next")
                 if not next_url or not objects:
                     break
@@ -460,6 +408,13 @@ class MobileWorkerStream(ListStream):
     path = "v0.5/user/"
     listings = ({}, {"archived": "true"})
     mark = ACTIVE_FLAG
+
+
+class AppStream(ListStream):
+    """Application Structure API: the apps with their modules, forms and questions."""
+
+    name = "apps"
+    path = "v0.5/application/"
 
 
 class WebUserStream(ListStream):

@@ -12,7 +12,7 @@ import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 import psycopg
 from psycopg import sql
@@ -357,8 +357,10 @@ def column_comment(path: str, label: str | None) -> str:
 
 
 def _won_ids(conn: psycopg.Connection, table: str) -> set[str]:
-    return {row[1] for row in conn.execute(sql.SQL("select * from {}").format(
-        sql.Identifier(f"_won_{table}")))}
+    """The ids of the page's records whose version the base upsert kept."""
+    id_column = {"cases": "case_id", "forms": "form_id"}[table]
+    return {row[0] for row in conn.execute(sql.SQL("select {} from {}").format(
+        sql.Identifier(id_column), sql.Identifier(f"_won_{table}")))}
 
 
 @dataclass
@@ -501,13 +503,14 @@ def flush_unparsed(catalog: Catalog) -> None:
             (delta, table, column))
 
 
-def _newest(rows: list[tuple], id_index: int, version_index: int) -> dict[str, tuple]:
-    """One row per id: the one with the latest version, as the base upsert chose."""
-    newest: dict[str, tuple] = {}
+def _newest(rows: list, id_key: str) -> dict[str, Any]:
+    """One row per id: the one with the latest `indexed_on`, as the base upsert chose."""
+    newest: dict[str, Any] = {}
     for row in rows:
-        current = newest.get(row[id_index])
-        if current is None or _version(row[version_index]) >= _version(current[version_index]):
-            newest[row[id_index]] = row
+        record_id = getattr(row, id_key)
+        current = newest.get(record_id)
+        if current is None or _version(row.indexed_on) >= _version(current.indexed_on):
+            newest[record_id] = row
     return newest
 
 
@@ -524,7 +527,7 @@ def previous_case_types(conn: psycopg.Connection, schema: str, domain: str,
     rows = batch.rows.get("cases", [])
     if not rows:
         return changed
-    new_types = {row[1]: row[2] for row in rows}
+    new_types = {row.case_id: row.case_type for row in rows}
     for case_id, old_type in conn.execute(sql.SQL(
             "select case_id, case_type from {}.cases where domain = %s and case_id = any(%s)"
     ).format(sql.Identifier(schema)), (domain, list(new_types))):
@@ -543,25 +546,25 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
         info = catalog.tables.get(("case_type", old_type))
         if case_id in won and info:
             writes += [_Write(table, [case_id], [], [], "case_id") for table in info.parts]
-    rows = _newest([r for r in batch.rows.get("cases", []) if r[1] in won], 1, 15)
+    rows = _newest([r for r in batch.rows.get("cases", []) if r.case_id in won], "case_id")
     indices: dict[str, dict[str, str | None]] = defaultdict(dict)
-    for row in batch.rows.get("case_indices", []):
-        if row[1] in rows:
-            indices[row[1]][row[2]] = row[3]
-    by_type: dict[str, list[tuple]] = defaultdict(list)
+    for index in batch.rows.get("case_indices", []):
+        if index.case_id in rows:
+            indices[index.case_id][index.identifier] = index.referenced_id
+    by_type: dict[str, list] = defaultdict(list)
     for row in rows.values():
-        if row[2]:
-            by_type[row[2]].append(row)
+        if row.case_type:
+            by_type[row.case_type].append(row)
     fixed_columns = [c for c, _ in CASE_FIXED]
     for case_type, type_rows in by_type.items():
         info = catalog.table("case_type", case_type, readable_as=case_type, prefix="case_")
         records = []
         for row in type_rows:
-            values = {p: _text(v) for p, v in batch.sources[row[1]].items()
+            values = {p: _text(v) for p, v in batch.sources[row.case_id].items()
                       if p not in SPECIAL_PROPERTIES}
-            for name, referenced in indices.get(row[1], {}).items():
+            for name, referenced in indices.get(row.case_id, {}).items():
                 values[f"index/{name}"] = referenced
-            records.append((row[:16] + (row[17],), values))
+            records.append((tuple(getattr(row, c) for c in fixed_columns), values))
         paths: dict[str, None] = {}
         for _, values in records:
             paths.update(dict.fromkeys(values))
@@ -569,7 +572,7 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
                                  ((p, p) for p in paths if not p.startswith("index/")))
         placed.update(catalog.columns(info, "case_index", case_type, (
             (p, f"index_{p[6:]}") for p in paths if p.startswith("index/"))))
-        writes += _table_writes(info, [r[1] for r in type_rows], "case_id", fixed_columns,
+        writes += _table_writes(info, [r.case_id for r in type_rows], "case_id", fixed_columns,
                                 records, placed)
     _apply(catalog, domain, writes, batch.rejects)
 
@@ -589,32 +592,32 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
     if not won:
         return
     catalog.ensure_loaded()
-    rows = _newest([r for r in batch.rows.get("forms", []) if r[1] in won], 1, 8)
+    rows = _newest([r for r in batch.rows.get("forms", []) if r.form_id in won], "form_id")
     won_ids = list(rows)
     catalog.conn.execute(sql.SQL(
         "delete from {}.form_case_actions where domain = %s and form_id = any(%s)").format(
         sql.Identifier(schema)), (domain, won_ids))
     actions = []
     writes: list[_Write] = []
-    by_xmlns: dict[str, list[tuple]] = defaultdict(list)
+    by_xmlns: dict[str, list] = defaultdict(list)
     for form_id, row in rows.items():
-        by_xmlns[row[2] or "(no xmlns)"].append(row)
+        by_xmlns[row.xmlns or "(no xmlns)"].append(row)
     for xmlns, form_rows in by_xmlns.items():
         catalogued = _catalogued_repeats(catalog, xmlns)
         known_repeats = catalogued | {path for (x, path), (_, qtype) in catalog.labels.items()
                                       if x == xmlns and qtype == "Repeat"}
         flats = {}
         for row in form_rows:
-            record = batch.sources[row[1]]
+            record = batch.sources[row.form_id]
             flat = flatten_form(record.get("form") or {}, known_repeats)
-            flats[row[1]] = flat
+            flats[row.form_id] = flat
             for position, action, case_id, case_type, props, modified in case_actions(flat.case_blocks):
-                actions.append((domain, row[1], position, action, case_id, case_type,
+                actions.append((domain, row.form_id, position, action, case_id, case_type,
                                 jsonutil.dumps(props), modified or None))
-        name = (catalog.form_names.get(xmlns) or form_rows[0][3]
+        name = (catalog.form_names.get(xmlns) or form_rows[0].form_name
                 or xmlns.rstrip("/").rsplit("/", 1)[-1])
         info = catalog.table("form", xmlns, readable_as=name, prefix="form_", label=name)
-        form_ids = [row[1] for row in form_rows]
+        form_ids = [row.form_id for row in form_rows]
         writes += _form_rows(catalog, info, xmlns, form_rows, form_ids, flats)
         writes += _repeat_rows(catalog, info, xmlns, domain, flats, form_ids)
     _apply(catalog, domain, writes, batch.rejects)
@@ -633,15 +636,17 @@ def _catalogued_repeats(catalog: Catalog, xmlns: str) -> set[str]:
             if kind == "repeat" and source.startswith(xmlns + "#")}
 
 
-def _form_rows(catalog: Catalog, info: TableInfo, xmlns: str, form_rows: list[tuple],
+def _form_rows(catalog: Catalog, info: TableInfo, xmlns: str, form_rows: list,
                form_ids: list[str], flats: dict) -> list[_Write]:
     paths: dict[str, None] = {}
     for flat in flats.values():
         paths.update(dict.fromkeys(flat.root.values))
     placed = catalog.columns(info, "form_question", xmlns,
                              ((p, path_identifier_base(p.split("/"))) for p in paths))
-    records = [(row[:14], flats[row[1]].root.values) for row in form_rows]
-    return _table_writes(info, form_ids, "form_id", [c for c, _ in FORM_FIXED], records, placed)
+    fixed = [c for c, _ in FORM_FIXED]
+    records = [(tuple(getattr(row, c) for c in fixed), flats[row.form_id].root.values)
+               for row in form_rows]
+    return _table_writes(info, form_ids, "form_id", fixed, records, placed)
 
 
 def _repeat_rows(catalog: Catalog, form_info: TableInfo, xmlns: str, domain: str,

@@ -11,23 +11,25 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import psycopg
 from psycopg import sql
 
 from etl import state
+from etl.extract.cursors import Cursor
 from etl.load import bi
 from etl.load.bi import DEFAULT_DDL_LOCK_TIMEOUT
 from etl.transform import Batch
-from etl.transform.cases import CASE_COLUMNS, CASE_INDEX_COLUMNS
-from etl.transform.forms import FORM_COLUMNS
+from etl.transform.cases import CASE_COLUMNS, CASE_INDEX_COLUMNS, CaseIndexRow, CaseRow
+from etl.transform.forms import FORM_COLUMNS, FormRow
 from etl.transform.reference import (GROUP_COLUMNS, GROUP_MEMBER_COLUMNS, LOCATION_COLUMNS,
                                      LOCATION_TYPE_COLUMNS, USER_COLUMNS, WEB_USER_COLUMNS)
 
 
 log = logging.getLogger(__name__)
 _TRANSIENT_TRIES = 3
+_ROW_TYPES = {"cases": CaseRow, "case_indices": CaseIndexRow, "forms": FormRow}
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,10 @@ class TableSpec:
     columns: tuple[str, ...]
     key: tuple[str, ...]
     version: str | None = None  # the newer value wins; an older record never overwrites
+
+    def row(self, values: Sequence[Any]) -> tuple:
+        """A row of this table, as the transforms make them (a named tuple where they do)."""
+        return _ROW_TYPES[self.name](*values) if self.name in _ROW_TYPES else tuple(values)
 
 
 Hook = Callable[["Loader", str, Batch, Any], Any]
@@ -46,16 +52,15 @@ class Target:
     """Where a stream lands.
 
     Either a `main` table upserted by version, with `children` replaced for every parent that
-    was written; or `snapshot` tables whose rows for the domain are replaced wholesale; or a
-    `listed` table, kept by a run-scoped snapshot: each page upserts what changed, and once the
-    whole listing was read, `finish_listing` marks the rows it did not hold deleted. `before`
+    was written; or a `listed` table, kept by a run-scoped snapshot: each page upserts what
+    changed (and its `children`, row by row), and once the whole listing was read,
+    `finish_listing` marks the rows it did not hold deleted. `before`
     runs ahead of the writes and `after` (the BI tables) behind them, in the same transaction;
     `finished` after a complete listing, in its transaction.
     """
 
     main: TableSpec | None = None
     children: tuple[TableSpec, ...] = ()
-    snapshot: tuple[TableSpec, ...] = ()
     listed: TableSpec | None = None
     before: Hook | None = None
     after: Hook | None = None
@@ -103,7 +108,7 @@ def _app_labels(loader: "Loader", domain: str, batch: Batch, _: Any) -> None:
     loader.catalog.table_names = None  # labels and form names changed: reload when next needed
 
 
-APPS_TARGET = Target(snapshot=APP_TABLES, after=_app_labels)
+APPS_TARGET = Target(listed=APP_TABLES[0], children=APP_TABLES[1:], after=_app_labels)
 
 
 def _location_ancestors(loader: "Loader", domain: str) -> None:
@@ -229,17 +234,18 @@ class Loader:
                                  .format(sql.SQL(", ").join(map(sql.Identifier, main.columns)),
                                          self._table(main.name), sql.Identifier(main.key[1])),
                                  (domain, ids)).fetchall()
-        json_at = main.columns.index("properties" if main.name == "cases" else "form")
-        for row in rows:
-            batch.add(main.name, tuple(row))
-            source = row[json_at] or {}
-            batch.sources[row[1]] = source if main.name == "cases" else {"form": source}
+        for row in map(main.row, rows):
+            batch.add(main.name, row)
+            if main.name == "cases":
+                batch.sources[row.case_id] = row.properties or {}
+            else:
+                batch.sources[row.form_id] = {"form": row.form or {}}
         for child in target.children:
             for row in self.conn.execute(sql.SQL(
                     "select {} from {} where domain = %s and {} = any(%s)").format(
                     sql.SQL(", ").join(map(sql.Identifier, child.columns)),
                     self._table(child.name), sql.Identifier(main.key[1])), (domain, ids)):
-                batch.add(child.name, tuple(row))
+                batch.add(child.name, child.row(row))
         batch.records = len(rows)
         return batch
 
@@ -268,9 +274,10 @@ class Loader:
             for row in rows:
                 copy.write_row(row)
 
-    def load_page(self, *, stream: str, target: Target, domain: str, batch: Batch, cursor: dict,
-                  run_id: int | None, source_url: str = "", checkpoint_stream: str | None = None,
-                  requests: int = 0) -> LoadResult:
+    def load_page(self, *, stream: str, target: Target, domain: str, batch: Batch,
+                  cursor: Cursor | dict, run_id: int | None, source_url: str = "",
+                  checkpoint_stream: str | None = None, requests: int = 0,
+                  partition: str = "") -> LoadResult:
         for attempt in range(1, _TRANSIENT_TRIES + 1):
             committed = False
             try:
@@ -278,7 +285,7 @@ class Loader:
                                               batch=batch,
                                               cursor=cursor, run_id=run_id, source_url=source_url,
                                               checkpoint_stream=checkpoint_stream,
-                                              requests=requests)
+                                              requests=requests, partition=partition)
                 committed = True
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 # A backfill and a sync upserting the same records at once: try again.
@@ -312,9 +319,9 @@ class Loader:
                         "slower until autovacuum does", str(exc).strip().splitlines()[0])
 
     def _load_page_once(self, *, stream: str, target: Target, domain: str, batch: Batch,
-                        cursor: dict,
-                        run_id: int | None, source_url: str, checkpoint_stream: str | None,
-                        requests: int) -> LoadResult:
+                        cursor: Cursor | dict, run_id: int | None, source_url: str,
+                        checkpoint_stream: str | None, requests: int,
+                        partition: str) -> LoadResult:
         result = LoadResult(rejected=len(batch.rejects))
         with self.conn.transaction():
             context = target.before(self, domain, batch, None) if target.before else None
@@ -331,16 +338,13 @@ class Loader:
                     target.after(self, domain, batch, context)
             if target.listed:
                 result.inserted, result.updated = self._upsert_listed(target, batch)
-            if target.snapshot:
-                result.inserted, result.updated = self._replace_snapshot(
-                    target.snapshot, domain, batch)
                 if target.after:
                     target.after(self, domain, batch, context)
             result.rejected = len(batch.rejects)  # the BI step may have added some
             state.add_dead_letters(self.conn, self.schema, domain, stream, batch.rejects,
-                                   source_url)
+                                   source_url, partition)
             state.save_checkpoint(self.conn, self.schema, domain, checkpoint_stream or stream,
-                                  cursor)
+                                  cursor, partition)
             if run_id is not None:
                 state.count_page(self.conn, self.schema, run_id, records=batch.records,
                                  cleaned=batch.cleaned_values, rejected=len(batch.rejects),
@@ -386,17 +390,42 @@ class Loader:
         self.conn.execute(sql.SQL("insert into {} select distinct {} from {}").format(
             sql.Identifier(f"_seen_{spec.name}"), key, stage))
         for child in target.children:  # e.g. a group's members: its current set
-            match = sql.SQL(" and ").join(
-                sql.SQL("c.{0} = s.{0}").format(sql.Identifier(k)) for k in spec.key)
-            self.conn.execute(sql.SQL("delete from {} c using {} s where {}").format(
-                self._table(child.name), stage, match))
-            child_rows = list(dict.fromkeys(batch.rows.get(child.name, [])))
-            if child_rows:
-                self._copy(self._table(child.name), child, child_rows)
+            self._sync_children(spec, stage, child, batch.rows.get(child.name, []))
         return counts[0], counts[1]
 
-    def finish_listing(self, target: Target, stream: str, domain: str, cursor: dict,
-                       run_id: int | None) -> int:
+    def _sync_children(self, parent: TableSpec, parent_stage: sql.Identifier, spec: TableSpec,
+                       rows: list[tuple]) -> None:
+        """Make the child rows of the listed parents what the page says, writing only rows
+        that are new or changed and removing only those that are gone."""
+        stage = self._stage(spec)
+        if rows:
+            self._copy(stage, spec, rows)
+        cols = [sql.Identifier(c) for c in spec.columns]
+        key = sql.SQL(", ").join(map(sql.Identifier, spec.key))
+        of_parent = sql.SQL(" and ").join(
+            sql.SQL("c.{0} = p.{0}").format(sql.Identifier(k)) for k in parent.key)
+        same_key = sql.SQL(" and ").join(
+            sql.SQL("n.{0} = c.{0}").format(sql.Identifier(k)) for k in spec.key)
+        self.conn.execute(sql.SQL("""
+            delete from {table} c using {parents} p
+            where {of_parent} and not exists (select 1 from {stage} n where {same_key})
+        """).format(table=self._table(spec.name), parents=parent_stage, of_parent=of_parent,
+                    stage=stage, same_key=same_key))
+        data = [sql.Identifier(c) for c in spec.columns if c not in spec.key]
+        on_conflict = sql.SQL("do nothing") if not data else sql.SQL(
+            "do update set {} where ({}) is distinct from ({})").format(
+            sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(c) for c in data),
+            sql.SQL(", ").join(sql.SQL("t.{}").format(c) for c in data),
+            sql.SQL(", ").join(sql.SQL("excluded.{}").format(c) for c in data))
+        self.conn.execute(sql.SQL("""
+            insert into {table} as t ({cols})
+            select distinct on ({key}) {cols} from {stage} order by {key}
+            on conflict ({key}) {on_conflict}
+        """).format(table=self._table(spec.name), cols=sql.SQL(", ").join(cols), key=key,
+                    stage=stage, on_conflict=on_conflict))
+
+    def finish_listing(self, target: Target, stream: str, domain: str, cursor: Cursor,
+                       run_id: int | None, partition: str = "") -> int:
         """The listing was read whole: mark what it did not hold deleted (never removed), in
         one transaction with the checkpoint. Returns how many were marked."""
         spec = target.listed
@@ -411,37 +440,12 @@ class Loader:
                 self._table(spec.name), seen, match), (domain,)).rowcount
             if target.finished:
                 target.finished(self, domain)
-            state.save_checkpoint(self.conn, self.schema, domain, stream,
-                                  {**cursor, "marked_deleted": marked})
+            cursor.marked_deleted = marked
+            state.save_checkpoint(self.conn, self.schema, domain, stream, cursor, partition)
             if run_id is not None:
                 state.finish_listing(self.conn, self.schema, run_id, cursor)
         self.conn.execute(sql.SQL("drop table if exists {}").format(seen))
         return marked
-
-    def _replace_snapshot(self, specs: tuple[TableSpec, ...], domain: str,
-                          batch: Batch) -> tuple[int, int]:
-        """Replace the domain's rows of every table; count, by the first table's rows (one per
-        app), what is new and what changed, comparing each with the row it replaces."""
-        counts = (0, 0)
-        for n, spec in enumerate(specs):
-            at = [spec.columns.index(k) for k in spec.key]  # the key is not always a prefix
-
-            def key(row: tuple) -> tuple:
-                return tuple(row[i] for i in at)
-
-            rows = list({key(row): row for row in batch.rows.get(spec.name, [])}.values())
-            if n == 0:
-                columns = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
-                old = {key(tuple(r)): tuple(r) for r in self.conn.execute(sql.SQL(
-                    "select {} from {} where domain = %s").format(columns, self._table(spec.name)),
-                    (domain,))}
-                counts = (sum(key(row) not in old for row in rows),
-                          sum(old.get(key(row)) not in (None, row) for row in rows))
-            self.conn.execute(sql.SQL("delete from {} where domain = %s").format(
-                self._table(spec.name)), (domain,))
-            if rows:
-                self._copy(self._table(spec.name), spec, rows)
-        return counts
 
     def _upsert_main(self, spec: TableSpec, rows: list[tuple]) -> tuple[int, int]:
         stage = self._stage(spec)
@@ -478,7 +482,6 @@ class Loader:
 
     def _fill_kept(self, spec: TableSpec, batch: Batch) -> None:
         """The BI tables copy the base row: give them the kept values, not the source's NULLs."""
-        at = [spec.columns.index(c) for c in self.keep]
         kept = {row[0]: row[1:] for row in self.conn.execute(sql.SQL(
             "select t.{}, {} from {} t join {} w using ({})").format(
             sql.Identifier(spec.key[1]),
@@ -487,12 +490,9 @@ class Loader:
             sql.SQL(", ").join(map(sql.Identifier, spec.key))))}
         rows = batch.rows.get(spec.name, [])
         for n, row in enumerate(rows):
-            values = kept.get(row[1])
+            values = kept.get(getattr(row, spec.key[1]))
             if values is not None:
-                patched = list(row)
-                for i, value in zip(at, values):
-                    patched[i] = value
-                rows[n] = tuple(patched)
+                rows[n] = row._replace(**dict(zip(self.keep, values)))
 
     def _replace_children(self, parent: TableSpec, spec: TableSpec, rows: list[tuple]) -> None:
         won = sql.Identifier(f"_won_{parent.name}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 from etl import jsonutil
 from etl.dates import parse_hq_datetime as dt
 from etl.transform import Batch
@@ -14,6 +16,9 @@ CASE_COLUMNS = (
 CASE_INDEX_COLUMNS = (
     "domain", "case_id", "identifier", "referenced_id", "referenced_type", "relationship",
 )
+# Rows travel with their column names: COPY takes them as tuples, the BI step reads by name.
+CaseRow = namedtuple("CaseRow", CASE_COLUMNS)
+CaseIndexRow = namedtuple("CaseIndexRow", CASE_INDEX_COLUMNS)
 SPECIAL_PROPERTIES = ("case_name", "case_type", "external_id", "owner_id", "date_opened")
 
 
@@ -63,7 +68,7 @@ def transform_case(record: dict, domain: str, batch: Batch) -> None:
     xform_ids = record.get("xform_ids") or []
     if not isinstance(xform_ids, list):
         xform_ids = [xform_ids]
-    case_row = (
+    case_row = CaseRow(
         domain,
         case_id,
         _text(properties.get("case_type")),
@@ -88,7 +93,7 @@ def transform_case(record: dict, domain: str, batch: Batch) -> None:
     for identifier, index in indices.items():
         if not isinstance(index, dict):
             raise ValueError(f"index {identifier!r} is not an object")
-        index_rows.append((
+        index_rows.append(CaseIndexRow(
             domain,
             case_id,
             identifier,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 from etl import jsonutil
 from etl.dates import parse_hq_datetime as dt
 from etl.transform import Batch
@@ -12,6 +14,7 @@ FORM_COLUMNS = (
     "server_modified_on", "indexed_on", "user_id", "username", "time_start", "time_end",
     "archived", "form", "attachments",
 )
+FormRow = namedtuple("FormRow", FORM_COLUMNS)
 
 
 def transform_form(record: dict, domain: str, batch: Batch) -> None:
@@ -22,7 +25,7 @@ def transform_form(record: dict, domain: str, batch: Batch) -> None:
         meta = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
     attachments = record.get("attachments")
     batch.sources[form_id] = record
-    batch.add("forms", (
+    batch.add("forms", FormRow(
         domain,
         form_id,
         _text(form.get("@xmlns")),
