@@ -92,6 +92,18 @@ class Settings(BaseSettings):
     commcare_api_key: SecretStr | None = None
     commcare_api_key_file: Path | None = Field(
         None, description="A file holding the API key (Docker/Kubernetes secrets).")
+    commcare_auth: Literal["apikey", "basic", "digest"] = Field(
+        "apikey", description="How to log in: an API key, or the web login by Basic or Digest.")
+    commcare_password: SecretStr | None = Field(
+        None, description="The web login's password (COMMCARE_AUTH=basic or digest).")
+    commcare_password_file: Path | None = Field(
+        None, description="A file holding that password (Docker/Kubernetes secrets).")
+    exports: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Export API exports to replay: form xmlns, or name=xmlns, comma-separated.")
+    restore_users_file: Path | None = Field(
+        None, description="Mobile workers to restore: username@domain.commcarehq.org:password "
+                          "per line.")
     projects: list[Project] = Field(
         default_factory=list, description="Several projects with credentials of their own.")
     case_api: Literal["v0.5", "v2"] = "v0.5"
@@ -138,7 +150,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    @field_validator("commcare_domain", "streams", mode="before")
+    @field_validator("commcare_domain", "streams", "exports", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -189,10 +201,17 @@ class Settings(BaseSettings):
         key = self.commcare_api_key
         if key is None and self.commcare_api_key_file:
             key = SecretStr(_read_secret(self.commcare_api_key_file, "COMMCARE_API_KEY_FILE"))
+        password = self.commcare_password
+        if password is None and self.commcare_password_file:
+            password = SecretStr(_read_secret(self.commcare_password_file,
+                                              "COMMCARE_PASSWORD_FILE"))
         if project is None:
-            return self if key is self.commcare_api_key else self.model_copy(
-                update={"commcare_api_key": key})
-        update: dict = {"commcare_domain": [domain], "commcare_api_key": project.api_key() or key}
+            if key is self.commcare_api_key and password is self.commcare_password:
+                return self
+            return self.model_copy(update={"commcare_api_key": key,
+                                           "commcare_password": password})
+        update: dict = {"commcare_domain": [domain], "commcare_api_key": project.api_key() or key,
+                        "commcare_password": password}
         if project.username:
             update["commcare_username"] = project.username
         if project.base_url:
@@ -207,9 +226,10 @@ class Settings(BaseSettings):
             one._require_credentials()
 
     def _require_credentials(self) -> None:
+        secret = "commcare_api_key" if self.commcare_auth == "apikey" else "commcare_password"
         missing = [
             name.upper()
-            for name in ("commcare_domain", "commcare_username", "commcare_api_key")
+            for name in ("commcare_domain", "commcare_username", secret)
             if not getattr(self, name)
         ]
         if missing:
@@ -221,6 +241,10 @@ class Settings(BaseSettings):
     @property
     def api_key(self) -> str:
         return self.commcare_api_key.get_secret_value() if self.commcare_api_key else ""
+
+    @property
+    def password(self) -> str:
+        return self.commcare_password.get_secret_value() if self.commcare_password else ""
 
 
 def load_settings(**overrides: object) -> Settings:

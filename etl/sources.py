@@ -10,11 +10,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from etl.errors import ConfigError
 from etl.extract.client import HQClient
+from etl.extract.exports import ExportStream, parse_exports
+from etl.extract.restore import RestoreStream, Worker, read_workers, worker_client
 from etl.extract.streams import (AppStream, CaseStream, CaseStreamV2, FormStream, GroupStream,
                                  LocationStream, LocationTypeStream, MobileWorkerStream, Stream,
                                  WebUserStream)
-from etl.load.postgres import (APPS_TARGET, CASES_TARGET, FORMS_TARGET, GROUPS_TARGET,
+from etl.load.exports import transform_export
+from etl.load.restore import transform_restore
+from etl.load.postgres import (APPS_TARGET, CASES_TARGET, EXPORTS_TARGET, FORMS_TARGET,
+                               GROUPS_TARGET, RESTORE_TARGET,
                                LOCATION_TYPES_TARGET, LOCATIONS_TARGET, USERS_TARGET,
                                WEB_USERS_TARGET, Target)
 from etl.transform import reference
@@ -30,8 +36,9 @@ if TYPE_CHECKING:
 class Source:
     """One HQ source. `name` is what STREAMS and `--stream` say; `id_key` names a record's id
     (for dead letters); `default`: synced when STREAMS is unset; `backfill`: pages by
-    `indexed_on`, so a window of it can be re-read; `own_login`: each partition logs in with
-    its own credentials (a mobile worker's restore), so one refused login is not the project's.
+    `indexed_on`, so a window of it can be re-read; `isolated`: a failure of one partition says
+    nothing of the project's other streams (a worker's refused login, one export's setting);
+    `when_configured`: synced besides STREAMS whenever its setting gives it partitions.
 
     The stream's class names its cursor kind; `partitions` lists the independent reads of the
     source (each with its own checkpoint and lock), `[""]` for a source read as one, `[]` when
@@ -42,7 +49,8 @@ class Source:
     id_key: ClassVar[str] = "id"
     default: ClassVar[bool] = True
     backfill: ClassVar[bool] = False
-    own_login: ClassVar[bool] = False
+    isolated: ClassVar[bool] = False
+    when_configured: ClassVar[bool] = False
     transform: ClassVar[RecordTransform]
     target: ClassVar[Target]
 
@@ -178,3 +186,65 @@ class Locations(_Listing):
     stream_class = LocationStream
     transform = staticmethod(reference.transform_location)
     target = LOCATIONS_TARGET
+
+
+# --- sources with tokens: one partition per export, per mobile worker ----------------------
+
+@register
+class Exports(Source):
+    """The legacy Export API, one partition per export of EXPORTS (its table name)."""
+
+    name = "exports"
+    id_key = "form_id"
+    default = False
+    isolated = True
+    when_configured = True
+    transform = staticmethod(transform_export)
+    target = EXPORTS_TARGET
+
+    @classmethod
+    def partitions(cls, settings: "Settings") -> list[str]:
+        return [spec.name for spec in parse_exports(settings.exports)]
+
+    @classmethod
+    def stream(cls, client: HQClient, domain: str, settings: "Settings",
+               partition: str = "") -> Stream:
+        if settings.commcare_auth == "apikey":
+            raise ConfigError(
+                "EXPORTS: the Export API takes a web login, not an API key: set "
+                "COMMCARE_AUTH=digest (or basic) and COMMCARE_PASSWORD (or "
+                "COMMCARE_PASSWORD_FILE) for COMMCARE_USERNAME")
+        spec = next(s for s in parse_exports(settings.exports) if s.name == partition)
+        return ExportStream(client, domain, 0, export=spec)
+
+
+@register
+class Restore(Source):
+    """The OTA restore, one partition per mobile worker of RESTORE_USERS_FILE (of this
+    project), each logged in as that worker."""
+
+    name = "restore"
+    id_key = "case_id"
+    default = False
+    isolated = True
+    when_configured = True
+    transform = staticmethod(transform_restore)
+    target = RESTORE_TARGET
+
+    @classmethod
+    def _workers(cls, settings: "Settings") -> list[Worker]:
+        if not settings.restore_users_file:
+            return []
+        domain = settings.commcare_domain[0] if settings.commcare_domain else ""
+        return [w for w in read_workers(settings.restore_users_file)
+                if w.domain in ("", domain)]
+
+    @classmethod
+    def partitions(cls, settings: "Settings") -> list[str]:
+        return [w.username for w in cls._workers(settings)]
+
+    @classmethod
+    def stream(cls, client: HQClient, domain: str, settings: "Settings",
+               partition: str = "") -> Stream:
+        worker = next(w for w in cls._workers(settings) if w.username == partition)
+        return RestoreStream(worker_client(settings, worker), domain, 0, worker=worker)

@@ -340,7 +340,9 @@ def jobs_for(settings: Settings, streams: list[str] | None = None,
     jobs = []
     for domain in domains or settings.domains():
         project = settings.for_domain(domain)
-        for stream in streams or project.streams:
+        names = streams or project.streams + [
+            n for n in sources.names() if sources.get(n).when_configured and n not in project.streams]
+        for stream in names:
             jobs += [(domain, stream, p) for p in sources.get(stream).partitions(project)]
     return jobs
 
@@ -414,7 +416,7 @@ def _run_in_turn(settings: Settings, warehouse: Warehouse, jobs: list[Job]) -> l
                 raise
             except Exception as exc:  # noqa: BLE001 - one stream's failure does not stop the rest
                 reports.append(failed_report(domain, stream_name, exc, partition))
-                if _gives_up_domain(exc) and not sources.get(stream_name).own_login:
+                if _gives_up_domain(exc) and not sources.get(stream_name).isolated:
                     given_up.add(domain)
     finally:
         for client in clients.values():

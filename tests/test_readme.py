@@ -22,13 +22,18 @@ def test_the_readme_has_examples_for_every_kind_of_table():
     text = " ".join(sql_examples())
     for table in ("cases", "case_indices", "forms", "sync_runs", "case_patient", "catalog_columns",
                   "form_register_household", "_typed", "__members", "__doses", "form_case_actions",
-                  "users", "groups", "locations", "location_ancestors"):
+                  "users", "groups", "locations", "location_ancestors", "restore_cases"):
         assert table in text, table
 
 
-def test_every_readme_query_runs_and_the_bi_ones_return_rows(sim_factory, schema, pg_url, warehouse, db):
+def test_every_readme_query_runs_and_the_bi_ones_return_rows(sim_factory, schema, pg_url, warehouse,
+                                                            db, tmp_path):
     sim = sim_factory(n_cases=120)
-    run_sync(make_settings(sim.base_url, schema, pg_url, streams=sources.names()), warehouse)
+    sim.add_cases("demo", 3, owner_id=sim.add_mobile_worker("demo", "ana", password="pw"))
+    workers = tmp_path / "workers.txt"
+    workers.write_text("ana@demo.commcarehq.org:pw\n")
+    run_sync(make_settings(sim.base_url, schema, pg_url, streams=sources.names(),
+                           restore_users_file=workers), warehouse)
     empty = []
     for statement in sql_examples():
         query = statement.replace("commcare.", f'"{schema}".')

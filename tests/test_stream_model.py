@@ -51,7 +51,7 @@ def partitioned_source():
 
         name = "forms_by_slice"
         default = False
-        own_login = True
+        isolated = True
 
         @classmethod
         def partitions(cls, settings):

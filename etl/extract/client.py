@@ -1,9 +1,11 @@
 """A polite HTTP client for CommCare HQ's APIs.
 
-One job: GET a JSON document. It authenticates with an API key, retries what can succeed on a
-second try (429, 5xx, dropped connections, timeouts, truncated or non-JSON bodies) with back-off
-that honours `Retry-After`, within a bounded total time, and fails at once, with a message that
-says what to fix, on what cannot (401/403 and other 4xx).
+One job: GET from HQ. It authenticates with an API key, or with a login by HTTP Basic or Digest
+(`COMMCARE_AUTH`), retries what can succeed on a second try (429, 5xx, dropped connections,
+timeouts, truncated or non-JSON bodies) with back-off that honours `Retry-After`, within a
+bounded total time, and fails at once, with a message that says what to fix, on what cannot
+(401/403 and other 4xx). `get_json` reads a JSON document, `get_export` an Export API answer
+(its token header; a 302 is "nothing new"), `open_restore` an OTA restore, as a stream.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
 from urllib.parse import urljoin
 
 import requests
+import requests.auth
 import tenacity
 from requests.adapters import HTTPAdapter
 
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
     from etl.config import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Cheap test on the raw body: JSON can only carry NUL or a lone surrogate as a \u escape.
@@ -83,21 +87,46 @@ def _error_text(response: requests.Response) -> str:
     return str(body)[:300]
 
 
+@dataclass(frozen=True)
+class ExportAnswer:
+    """The Export API's answer: the tables (None: HQ has nothing new) and the new token."""
+
+    tables: dict | None
+    token: str | None
+    url: str
+    needs_cleaning: bool = False
+
+
+class RestoreTokenRejected(HQRequestRejected):
+    """HTTP 412 to a restore with `since`: the token is unknown, stale or another user's."""
+
+
+AUTH_MODES = ("apikey", "basic", "digest")
+
+
 class HQClient:
     def __init__(
         self,
         base_url: str,
         username: str,
-        api_key: str,
+        api_key: str = "",
         *,
+        auth: str = "apikey",
+        password: str = "",
+        login_hint: str = "",
         timeout: float = 120.0,
         retry_max_seconds: float = 900.0,
         retry_initial_wait: float = 2.0,
         retry_max_wait: float = 120.0,
         unreachable_max_seconds: float = 45.0,
     ):
+        if auth not in AUTH_MODES:
+            raise ValueError(f"unknown auth {auth!r}; choose from {AUTH_MODES}")
         self.base_url = base_url.rstrip("/")
         self.username = username
+        self.auth = auth
+        # What to check when HQ refuses the login (which settings hold it).
+        self.login_hint = login_hint
         self.timeout = timeout
         self.retry_max_seconds = retry_max_seconds
         self.retry_initial_wait = retry_initial_wait
@@ -109,13 +138,14 @@ class HQClient:
         self.session = requests.Session()
         self.session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=4))
         self.session.mount("https://", HTTPAdapter(pool_connections=4, pool_maxsize=4))
-        self.session.headers.update(
-            {
-                "Authorization": f"ApiKey {username}:{api_key}",
-                "Accept": "application/json",
-                "User-Agent": f"commcare-etl/{__version__}",
-            }
-        )
+        self.session.headers.update({"Accept": "application/json",
+                                     "User-Agent": f"commcare-etl/{__version__}"})
+        if auth == "apikey":
+            self.session.headers["Authorization"] = f"ApiKey {username}:{api_key}"
+        elif auth == "basic":
+            self.session.auth = requests.auth.HTTPBasicAuth(username, password)
+        else:
+            self.session.auth = requests.auth.HTTPDigestAuth(username, password)
 
     def url(self, path_or_url: str) -> str:
         """HQ's `next` links are relative paths (v0.5) or absolute URLs (v2)."""
@@ -123,6 +153,22 @@ class HQClient:
 
     def get_json(self, path_or_url: str, params: Mapping[str, Any] | None = None) -> JsonDocument:
         url = self.url(path_or_url)
+        return self._with_retries(url, lambda: self._get_once(url, params))
+
+    def get_export(self, path_or_url: str, params: Mapping[str, Any]) -> ExportAnswer:
+        """GET an Export API answer. A 302 means no new data: it is not followed (it leads to
+        an HTML page), and the answer has no tables."""
+        url = self.url(path_or_url)
+        return self._with_retries(url, lambda: self._export_once(url, params))
+
+    def open_restore(self, path_or_url: str, params: Mapping[str, Any]) -> requests.Response:
+        """GET an OTA restore and return the response with its body unread (a restore can be
+        hundreds of MB: read `response.raw` as a stream, then close it). A 412 raises
+        RestoreTokenRejected; a 202 (restore still being prepared) waits its Retry-After."""
+        url = self.url(path_or_url)
+        return self._with_retries(url, lambda: self._restore_once(url, params))
+
+    def _with_retries(self, url: str, once: Callable[[], T]) -> T:
         started = time.monotonic()
         attempts = 0
 
@@ -151,10 +197,10 @@ class HQClient:
             log.warning("HQ request failed (%s); retry %d in %.1fs: %s",
                         exc, retry_state.attempt_number, pause, url)
 
-        def attempt() -> JsonDocument:
+        def attempt() -> T:
             nonlocal attempts
             attempts += 1
-            return self._get_once(url, params)
+            return once()
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Retryable),
@@ -182,10 +228,13 @@ class HQClient:
                 url=url,
             ) from None
 
-    def _get_once(self, url: str, params: Mapping[str, Any] | None) -> JsonDocument:
+    def _send(self, url: str, params: Mapping[str, Any] | None, *, read_body: bool = True,
+              allow_redirects: bool = True, accept: tuple[int, ...] = ()) -> requests.Response:
+        """One GET; raises what the status means unless it is 200 or in `accept`."""
         self.requests_made += 1
         try:
             response = self.session.get(url, params=params, stream=True,
+                                        allow_redirects=allow_redirects,
                                         timeout=(self.connect_timeout, self.timeout))
         except requests.ConnectTimeout as exc:
             raise _Retryable(f"no connection within {self.connect_timeout:g}s "
@@ -197,14 +246,18 @@ class HQClient:
         except requests.RequestException as exc:
             raise _Retryable(f"connection error: {exc}") from None
         self.answered = True
-        try:
-            raw = response.content  # reads the whole body: a dropped connection raises here
-        except requests.Timeout as exc:
-            raise _Retryable(f"no answer within {self.timeout:g}s ({type(exc).__name__})") from None
-        except requests.RequestException as exc:
-            raise _Retryable(f"connection error: {exc}") from None
-        full_url = response.url
         status = response.status_code
+        if read_body or status != 200:
+            try:
+                response.content  # reads the whole body: a dropped connection raises here
+            except requests.Timeout as exc:
+                raise _Retryable(f"no answer within {self.timeout:g}s "
+                                 f"({type(exc).__name__})") from None
+            except requests.RequestException as exc:
+                raise _Retryable(f"connection error: {exc}") from None
+        if status in accept:
+            return response
+        full_url = response.url
         retry_after = _parse_retry_after(response.headers.get("Retry-After"))
         if status == 401 and _THROTTLED_401.search(_error_text(response)):
             raise _Retryable(f"HTTP 401, rate limited: {_error_text(response)}",
@@ -227,6 +280,15 @@ class HQClient:
             )
         if status != 200:  # e.g. 202 "not ready yet, come back after Retry-After"
             raise _Retryable(f"HTTP {status} (not ready)", retry_after=retry_after)
+        return response
+
+    def _get_once(self, url: str, params: Mapping[str, Any] | None) -> JsonDocument:
+        response = self._send(url, params)
+        return self._json(response)
+
+    def _json(self, response: requests.Response) -> JsonDocument:
+        raw = response.content
+        full_url = response.url
         try:
             data = jsonutil.loads(raw)
         except ValueError as exc:
@@ -234,15 +296,41 @@ class HQClient:
             raise _Retryable(f"malformed JSON body ({kind}, {len(raw)} bytes): {exc}") from None
         return JsonDocument(data=data, url=full_url, needs_cleaning=bool(_NEEDS_CLEANING.search(raw)))
 
+    def _export_once(self, url: str, params: Mapping[str, Any]) -> ExportAnswer:
+        response = self._send(url, params, allow_redirects=False, accept=(301, 302, 303))
+        if response.status_code != 200:
+            return ExportAnswer(None, None, response.url)
+        doc = self._json(response)
+        if not isinstance(doc.data, dict):
+            raise MalformedResponse(f"HQ answered the export {doc.url} with JSON that is not an "
+                                    f"object of tables", url=doc.url)
+        return ExportAnswer(doc.data, response.headers.get("X-CommCareHQ-Export-Token"),
+                            doc.url, doc.needs_cleaning)
+
+    def _restore_once(self, url: str, params: Mapping[str, Any]) -> requests.Response:
+        response = self._send(url, params, read_body=False, accept=(412,))
+        if response.status_code == 412:
+            raise RestoreTokenRejected(
+                f"HQ refused the restore token (HTTP 412): {_error_text(response)}",
+                url=response.url, status=412)
+        return response
+
     def _auth_error(self, response: requests.Response, url: str) -> AuthError:
         detail = _error_text(response)
         detail = f" HQ said: {detail}." if detail else ""
         if response.status_code == 401:
+            if self.login_hint:
+                check = self.login_hint
+            elif self.auth == "apikey":
+                check = ("Check COMMCARE_USERNAME (the web user's email) and COMMCARE_API_KEY "
+                         "(HQ: My Account > API Keys), and that the key's IP allow-list admits "
+                         "this machine.")
+            else:
+                check = ("Check COMMCARE_USERNAME (the web user's email) and COMMCARE_PASSWORD "
+                         f"(COMMCARE_AUTH={self.auth}: the web login's password).")
             return AuthError(
                 f"HQ refused the credentials (HTTP 401) for user {self.username!r}.{detail} "
-                f"Check COMMCARE_USERNAME (the web user's email) and COMMCARE_API_KEY "
-                f"(HQ: My Account > API Keys), and that the key's IP allow-list admits this machine."
-            )
+                f"{check}")
         return AuthError(
             f"HQ denied access (HTTP 403) for user {self.username!r} to {url}.{detail} "
             f"The user needs the 'Edit Data' and 'Access APIs' permissions in this project "
@@ -269,7 +357,7 @@ def make_client(settings: "Settings") -> HQClient:
     """The client a project's settings describe (its server, credentials, time limits)."""
     return HQClient(
         settings.commcare_base_url, settings.commcare_username or "", settings.api_key,
-        timeout=settings.http_timeout, retry_max_seconds=settings.retry_max_seconds,
+        auth=settings.commcare_auth, password=settings.password, timeout=settings.http_timeout, retry_max_seconds=settings.retry_max_seconds,
         retry_initial_wait=settings.retry_initial_wait, retry_max_wait=settings.retry_max_wait,
         unreachable_max_seconds=settings.unreachable_retry_seconds,
     )

@@ -59,10 +59,18 @@ REPEAT_FIXED = (
     ("domain", "text not null"), ("form_id", "text not null"), ("row_key", "text not null"),
     ("parent_key", "text"), ("position", "integer not null"),
 )
+EXPORT_FIXED = (("domain", "text not null"), ("form_id", "text not null"))
+EXPORT_TABLE_FIXED = (("domain", "text not null"), ("form_id", "text not null"),
+                      ("row_id", "text not null"), ("parent_row_id", "text"))
+FIXTURE_FIXED = (("domain", "text not null"), ("worker", "text not null"),
+                 ("position", "integer not null"))
 # The key columns come first in each FIXED tuple: a continuation row is a prefix plus values.
 KEYS = {"case_type": ("domain", "case_id"), "form": ("domain", "form_id"),
-        "repeat": ("domain", "form_id", "row_key")}
-FIXED = {"case_type": CASE_FIXED, "form": FORM_FIXED, "repeat": REPEAT_FIXED}
+        "repeat": ("domain", "form_id", "row_key"), "export": ("domain", "form_id"),
+        "export_table": ("domain", "form_id", "row_id"),
+        "fixture": ("domain", "worker", "position")}
+FIXED = {"case_type": CASE_FIXED, "form": FORM_FIXED, "repeat": REPEAT_FIXED,
+         "export": EXPORT_FIXED, "export_table": EXPORT_TABLE_FIXED, "fixture": FIXTURE_FIXED}
 PART, TYPED_VIEW = "part", "typed_view"  # catalog_tables kinds besides the FIXED ones
 TYPED_QUESTIONS = {"Int": "try_numeric", "Decimal": "try_numeric", "Double": "try_numeric",
                    "Long": "try_numeric", "Date": "try_date", "DateTime": "try_timestamptz"}

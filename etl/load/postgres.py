@@ -20,6 +20,8 @@ from etl import state
 from etl.extract.cursors import Cursor
 from etl.load import bi
 from etl.load.bi import DEFAULT_DDL_LOCK_TIMEOUT
+from etl.load.exports import write_export_tables
+from etl.load.restore import write_restore
 from etl.transform import Batch
 from etl.transform.cases import CASE_COLUMNS, CASE_INDEX_COLUMNS, CaseIndexRow, CaseRow
 from etl.transform.forms import FORM_COLUMNS, FormRow
@@ -62,6 +64,7 @@ class Target:
     main: TableSpec | None = None
     children: tuple[TableSpec, ...] = ()
     listed: TableSpec | None = None
+    write: Hook | None = None  # a target that writes its rows itself (tables named by the data)
     before: Hook | None = None
     after: Hook | None = None
     finished: Callable[["Loader", str], None] | None = None
@@ -143,6 +146,8 @@ LOCATIONS_TARGET = Target(listed=TableSpec("locations", LOCATION_COLUMNS,
 LOCATION_TYPES_TARGET = Target(listed=TableSpec("location_types", LOCATION_TYPE_COLUMNS,
                                                 ("domain", "location_type_id")))
 CASES_TARGET = Target(CASES, (CASE_INDICES,), before=_case_types_before, after=_case_tables)
+EXPORTS_TARGET = Target(write=write_export_tables)
+RESTORE_TARGET = Target(write=write_restore)
 FORMS_TARGET = Target(FORMS, after=_form_tables)
 
 
@@ -340,6 +345,8 @@ class Loader:
                 result.inserted, result.updated = self._upsert_listed(target, batch)
                 if target.after:
                     target.after(self, domain, batch, context)
+            if target.write:
+                target.write(self, domain, batch, context)
             result.rejected = len(batch.rejects)  # the BI step may have added some
             state.add_dead_letters(self.conn, self.schema, domain, stream, batch.rejects,
                                    source_url, partition)

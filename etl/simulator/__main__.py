@@ -17,6 +17,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--username", default="demo@example.org")
     parser.add_argument("--api-key", default="demo-key")
+    parser.add_argument("--password", default=None,
+                        help="also a web login (Basic/Digest on the APIs and the export API); "
+                             "mobile workers log in to the restore with 123")
     parser.add_argument("--awkward", action="store_true",
                         help="also NUL characters, a lone surrogate and stray top-level fields")
     parser.add_argument("--replicas", type=int, default=DEFAULT_REPLICAS,
@@ -28,7 +31,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     serve(host=args.host, port=args.port, domain=args.domain, n_cases=args.cases,
           seed=args.seed, username=args.username, api_key=args.api_key, awkward=args.awkward,
-          replicas=args.replicas, rate_limit=args.rate_limit)
+          replicas=args.replicas, rate_limit=args.rate_limit, password=args.password)
 
 
 if __name__ == "__main__":

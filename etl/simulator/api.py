@@ -11,10 +11,11 @@ import math
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator, Mapping
 from urllib.parse import parse_qsl, urlencode
 
 from etl.simulator import appdef, auth
+from etl.simulator.digest import REALM, NonceBook
 from etl.simulator.faults import THROTTLED_MESSAGE
 from etl.simulator.hqtime import fmt_us
 from etl.simulator.query import (
@@ -30,6 +31,12 @@ HTML = "text/html; charset=utf-8"
 _API = re.compile(
     r"^/a/(?P<domain>[^/]+)/api/(?:(?P<old>v0\.\d+)/(?P<old_name>[\w-]+)"
     r"|(?P<new_name>[\w-]+)/(?P<new>v\d+))(?:/(?P<rest>.*))?$")
+# The non-API pages HQ serves with the same login: the legacy export, the export list it
+# redirects to, and the OTA restore. Resource name -> path under /a/<domain>/.
+PAGES = {"export": "reports/export/", "export_list": "data/excel_export_data/",
+         "restore": "phone/restore/"}
+_PAGE = re.compile(r"^/a/(?P<domain>[^/]+)/(?P<page>reports/export|data/excel_export_data"
+                   r"|phone/restore)(?P<slash>/?)$")
 RESOURCES = {
     ("case", "v0.5"): "case", ("case", "v1"): "case",
     ("form", "v0.5"): "form", ("form", "v1"): "form",
@@ -54,10 +61,15 @@ class Request:
     authorization: str | None
     host: str  # for absolute URLs (Case API v2's `next`)
     body: bytes = b""
+    target: str = ""  # the request target exactly as sent (Digest's `uri`); "" = path?query
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
         return parse_qsl(self.query, keep_blank_values=True)
+
+    @property
+    def uri(self) -> str:
+        return self.target or (f"{self.path}?{self.query}" if self.query else self.path)
 
 
 @dataclass
@@ -67,6 +79,8 @@ class Response:
     content_type: str = JSON
     headers: list[tuple[str, str]] = field(default_factory=list)
     replica: int | None = None  # the index copy that answered a v0.5 list (for the request log)
+    # A body made as it is sent (chunked transfer encoding) instead of `body`.
+    stream: Iterator[bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,7 +97,13 @@ class Route:
 def route(path: str) -> Route | None:
     match = _API.match(path)
     if not match:
-        return None
+        page = _PAGE.match(path)
+        if page is None:
+            return None
+        # Without its slash the path is Django's APPEND_SLASH redirect (`rest` = "redirect").
+        return Route(next(k for k, v in PAGES.items() if v == page["page"] + "/"),
+                     page["domain"], f"/a/{page['domain']}/{page['page']}/",
+                     "" if page["slash"] else "redirect")
     if match["old"]:
         name, version = match["old_name"], match["old"]
         list_uri = f"/a/{match['domain']}/api/{version}/{name}/"
@@ -106,20 +126,37 @@ def empty(status: int, **headers: str) -> Response:
     return Response(status, b"", HTML, list(headers.items()))
 
 
-def unauthorized() -> Response:
-    challenge = (f'Digest realm="CommCare HQ", nonce="{uuid.uuid4().hex}", qop="auth", '
-                 f'opaque="{uuid.uuid4().hex}", algorithm="MD5", stale="false"')
-    return empty(401, **{"WWW-Authenticate": challenge})
+API_REALM = "CommCare HQ"  # the data APIs' challenge (the pages use digest.REALM, "DJANGO")
+
+
+def unauthorized(nonces: NonceBook | None = None, realm: str = API_REALM, stale: bool = False,
+                 basic: bool = False) -> Response:
+    """401, empty, with a Digest challenge (from `nonces`, so a client can answer it; without
+    one the nonce is made up) and, with `basic`, a Basic one after it."""
+    if nonces is not None:
+        challenge = nonces.challenge(realm, stale)
+    else:
+        challenge = (f'Digest realm="{realm}", nonce="{uuid.uuid4().hex}", qop="auth", '
+                     f'opaque="{uuid.uuid4().hex}", algorithm="MD5", stale="false"')
+    response = empty(401, **{"WWW-Authenticate": challenge})
+    if basic:
+        response.headers.append(("WWW-Authenticate", f'Basic realm="{realm}"'))
+    return response
 
 
 def handle(store: Store, users: auth.Users, request: Request, r: Route,
-           limiter: RateLimiter | None = None) -> tuple[Response, str | None]:
-    """Answer one API request: (response, authenticated username)."""
+           limiter: RateLimiter | None = None, *, passwords: Mapping[str, str] | None = None,
+           nonces: NonceBook | None = None) -> tuple[Response, str | None]:
+    """Answer one API request: (response, authenticated username). With `passwords` (web
+    logins) and `nonces`, Basic and Digest logins work too."""
     pairs = request.pairs
-    user = auth.authenticate(users, request.authorization, pairs,
-                             allow_query_credentials=r.resource != "case_v2")
+    outcome = auth.identify(users, request.authorization, pairs,
+                            allow_query_credentials=r.resource != "case_v2",
+                            passwords=passwords, nonces=nonces, method=request.method,
+                            uri=request.uri)
+    user = outcome.username
     if user is None:
-        return unauthorized(), None
+        return unauthorized(nonces, stale=outcome.stale), None
     if not auth.may_access(users, user, r.domain):
         return empty(403), user
     domain = store.domains.get(r.domain)
@@ -320,13 +357,15 @@ LOGIN_PAGE = ("<!DOCTYPE html><html lang=\"en\"><head><title>Log In :: CommCare 
               "</body></html>")
 
 
-def fault_response(kind: str, retry_after: int | None) -> Response:
-    """The canned response of a status-type fault."""
+def fault_response(kind: str, retry_after: int | None, nonces: NonceBook | None = None,
+                   page: bool = False) -> Response:
+    """The canned response of a status-type fault (`page`: for the export or restore, whose
+    401 challenges are realm "DJANGO", Digest and Basic)."""
     if kind == "429":
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
         return empty(429, **headers)
     if kind == "401":
-        return unauthorized()
+        return unauthorized(nonces, REALM, basic=True) if page else unauthorized(nonces)
     if kind == "401-throttled":
         # HqBaseResource.dispatch under the API_BLACKLIST toggle: a rate limit served as a 401,
         # JSON (Django's HttpResponse with content_type="application/json", no charset) and no
@@ -341,5 +380,9 @@ def fault_response(kind: str, retry_after: int | None) -> Response:
         return empty(403)
     if kind == "html":
         return Response(200, LOGIN_PAGE.encode(), HTML)
-    status = int(kind)
+    return error_page(int(kind))
+
+
+def error_page(status: int) -> Response:
+    """HQ's (or nginx's) HTML page for a 500, 502, 503 or 504."""
     return Response(status, _ERROR_PAGES[status].encode(), HTML)

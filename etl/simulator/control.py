@@ -4,9 +4,22 @@
                         {"random": {"rate": 0.2, "kinds": ["500", "reset"], "seed": 1}}
                         {"clear": true}          (or DELETE /_sim/faults)
     POST /_sim/mutate   {"action": "add_cases", "domain": "demo", "n": 5, "case_type": "patient"}
+                        (optional "owner_id", "properties"; add_forms takes "xmlns")
                         actions: add_cases, update_cases, close_cases, add_forms, archive_forms,
                         unarchive_forms, delete_cases, delete_forms, add_ties, add_late,
-                        touch_cases, set_clock, clear_requests, and HQ at its worst:
+                        touch_cases, set_clock, clear_requests,
+                        {"action": "set_case_owner", "case_ids": [...], "owner_id": "..."}
+                        {"action": "set_case_index", "case_id": "...", "identifier": "parent",
+                         "referenced_id": "..." or null, "case_type": "", "relationship":
+                         "child"}
+                        logins, the export and the restore (domain optional where it applies):
+                        {"action": "add_web_login", "username": "...", "password": "...",
+                         "api_key": null, "domains": null}
+                        {"action": "add_lookup_table", "tag": "clinics", "fields": ["name"],
+                         "items": [{"name": "A"}], "users": null}
+                        {"action": "set_export_limit", "max_bytes": 1000000}
+                        {"action": "set_digest_nonce_lifetime", "seconds": 300}
+                        and HQ at its worst:
                         {"action": "set_replicas", "n": 3, "seed": 1}
                         {"action": "reindex_during_reads", "resource": "form",
                          "after_requests": 2, "count": 1, "seed": 0}   (domain optional)
@@ -108,13 +121,22 @@ def _mutate(sim: "HQSimulator", payload: dict) -> Any:
     if action in REFERENCE_ACTIONS:
         return getattr(sim, action)(domain, **args)
     if action == "add_cases":
-        return sim.add_cases(domain, int(args.get("n", 1)), args.get("case_type", "patient"))
+        return sim.add_cases(domain, int(args.get("n", 1)), args.get("case_type", "patient"),
+                             args.get("owner_id"), args.get("properties"))
+    if action in ("set_case_owner", "set_case_index", "add_lookup_table"):
+        return getattr(sim, action)(domain, **args)
+    if action == "add_web_login":
+        return sim.add_web_login(**args)
+    if action == "set_export_limit":
+        return sim.set_export_limit(int(args["max_bytes"]))
+    if action == "set_digest_nonce_lifetime":
+        return sim.set_digest_nonce_lifetime(float(args["seconds"]))
     if action == "update_cases":
         return sim.update_cases(domain, list(args["case_ids"]), args.get("properties"))
     if action == "close_cases":
         return sim.close_cases(domain, list(args["case_ids"]))
     if action == "add_forms":
-        return sim.add_forms(domain, int(args.get("n", 1)))
+        return sim.add_forms(domain, int(args.get("n", 1)), args.get("xmlns"))
     if action in ("archive_forms", "unarchive_forms"):
         return getattr(sim, action)(domain, list(args["form_ids"]))
     if action in ("delete_cases", "delete_forms"):

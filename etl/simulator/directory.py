@@ -24,6 +24,8 @@ from etl.simulator.factory import DocFactory
 from etl.simulator.hqtime import US_PER_DAY, US_PER_SECOND, from_us, to_us
 from etl.simulator.vocab import ri
 
+# What generated workers (and workers added without one) log in with.
+DEFAULT_WORKER_PASSWORD = "123"
 FIRST_NAMES = ("Amina", "John", "Ngozi", "Kwame", "Aïcha", "José", "Priya", "Tendai")
 LAST_NAMES = ("Okafor", "Mwangi", "Banda", "Diallo")
 
@@ -97,6 +99,7 @@ class MobileWorker:
     last_modified_us: int
     is_active: bool = True
     deleted: bool = False  # retired: gone from every list, its detail a 400
+    password: str = DEFAULT_WORKER_PASSWORD  # never shown by any API; logs in to the restore
 
 
 @dataclass
@@ -217,6 +220,29 @@ class Directory:
     def _new_id(self) -> str:
         return f"{self.rng.getrandbits(128):032x}"
 
+    def worker_by_username(self, username: str) -> MobileWorker | None:
+        """A mobile worker (retired ones included) by full username, case-insensitively."""
+        lowered = username.lower()
+        return next((w for w in self.workers.values() if w.username.lower() == lowered), None)
+
+    def owner_ids(self, user_id: str) -> set[str]:
+        """The owner ids whose cases a mobile worker's phone syncs (`get_owner_ids`): the
+        worker, its case-sharing groups, and its live locations whose type shares cases
+        (with their case-sharing descendants when the type views descendants)."""
+        ids = {user_id}
+        ids.update(g.id for g in self.groups.values()
+                   if g.case_sharing and not g.deleted and user_id in g.users)
+        w = self.workers.get(user_id)
+        for location_id in (w.location_ids if w is not None else ()):
+            loc = self.locations.get(location_id)
+            if loc is None or loc.is_archived:
+                continue
+            t = self.type_of(loc)
+            below = self.descendants(location_id) if t.view_descendants else [loc]
+            ids.update(x.location_id for x in below
+                       if not x.is_archived and self.type_of(x).shares_cases)
+        return ids
+
     def _worker(self, user_id: str) -> MobileWorker:
         w = self.workers.get(user_id)
         if w is None or w.deleted:
@@ -262,7 +288,8 @@ class Directory:
                           last_name: str = "", email: str = "",
                           phone_numbers: Iterable[str] = (), user_data: dict | None = None,
                           location_ids: Iterable[str] = (), primary_location: str | None = None,
-                          groups: Iterable[str] = (), is_active: bool = True) -> str:
+                          groups: Iterable[str] = (), is_active: bool = True,
+                          password: str = DEFAULT_WORKER_PASSWORD) -> str:
         if "@" not in username:
             username = f"{username}@{self.domain}.commcarehq.org"
         if self._taken(username):  # retired users keep their name reserved
@@ -271,7 +298,7 @@ class Directory:
         ids, primary = self._assignment(location_ids, primary_location)
         worker = MobileWorker(self._new_id(), username, first_name, last_name, email.lower(),
                               list(phone_numbers), dict(user_data or {}), ids, primary, now, now,
-                              is_active)
+                              is_active, password=str(password))
         self.workers[worker.id] = worker
         for g in groups:
             g.users.append(worker.id)
@@ -282,7 +309,7 @@ class Directory:
         (which does not touch the user's `last_modified`: membership lives on the groups)."""
         w = self._worker(user_id)
         editable = {"first_name", "last_name", "email", "phone_numbers", "user_data",
-                    "locations", "primary_location", "groups"}
+                    "locations", "primary_location", "groups", "password"}
         unknown = sorted(set(changes) - editable)
         if unknown:
             raise ValueError(f"Attempted to update unknown or non-editable field '{unknown[0]}'")
@@ -305,6 +332,8 @@ class Directory:
             _merge(w.custom_data, changes.pop("user_data"))
         if "phone_numbers" in changes:
             w.phone_numbers = list(changes.pop("phone_numbers") or ())
+        if "password" in changes:
+            w.password = str(changes.pop("password"))
         for key, value in changes.items():
             setattr(w, key, value if key != "email" else str(value).lower())
         w.last_modified_us = now

@@ -200,6 +200,9 @@ class DocFactory:
         doc["user_id"] = user.id
         doc["xform_ids"].append(form_id)
         for i in indices:
+            if not i.case_id:  # an empty referenced id removes the index
+                doc["indices"].pop(i.identifier, None)
+                continue
             doc["indices"][i.identifier] = {"case_id": i.case_id, "case_type": i.case_type,
                                             "relationship": i.relationship}
         if close:
@@ -269,13 +272,14 @@ class DocFactory:
 
     def registration(self, case_type: str, user: User, t_phone: int, t_received: int,
                      indices: list[Index] = (), owner_id: str = "",
-                     members: list[tuple[list[Index], dict | None]] = ()
-                     ) -> tuple[dict, list[dict]]:
-        """A registration form and the case(s) it creates: the main case, plus one case per
-        household member, created by case blocks inside the `members` repeat."""
+                     members: list[tuple[list[Index], dict | None]] = (),
+                     props: dict[str, Any] | None = None) -> tuple[dict, list[dict]]:
+        """A registration form and the case(s) it creates: the main case (with `props`, or
+        generated properties), plus one case per household member, created by case blocks
+        inside the `members` repeat."""
         form_id = self.uuid()
         main, main_block = self.new_case(case_type, user, t_phone, t_received, form_id,
-                                         indices, owner_id)
+                                         indices, owner_id, props)
         cases = [main]
         member_ctxs = []
         for member_indices, member_props in members:

@@ -13,7 +13,7 @@ KINDS = ("429", "500", "502", "503", "504", "reset", "truncated", "html", "slow"
 CANNED = frozenset({"429", "500", "502", "503", "504", "html", "401", "403", "401-throttled",
                     "202"})
 RESOURCES = (None, "case", "form", "case_v2", "application", "user", "web_user", "group",
-             "location", "location_v2", "location_type")
+             "location", "location_v2", "location_type", "export", "export_list", "restore")
 # HqBaseResource.dispatch's answer while the API_BLACKLIST toggle is on for the request
 # (corehq/apps/api/resources/__init__.py; two spaces between the sentences, as in HQ).
 THROTTLED_MESSAGE = ("API access has been temporarily cut off due to too many requests.  "
@@ -52,9 +52,9 @@ class FaultQueue:
         """Queue `count` faults of `kind` for requests to `resource` (None: any request).
 
         Kinds: "429" (empty, Retry-After if `retry_after`), "500"/"502"/"503"/"504" (HTML error
-        pages), "reset" (part of the body, then a TCP reset), "truncated" (a 200 cut short),
-        "html" (a 200 login page), "slow" (answers after `delay`), "401" (empty, with a digest
-        challenge), "403" (empty), "401-throttled" (the API_BLACKLIST toggle's JSON 401, no
+        pages), "reset" (part of the body, then a TCP reset), "truncated" (a 200 cut short; a
+        streamed restore ends half-way, without its last chunk), "html" (a 200 login page),
+        "slow" (answers after `delay`), "401" (empty, with a digest challenge), "403" (empty), "401-throttled" (the API_BLACKLIST toggle's JSON 401, no
         challenge), "202" (empty, Retry-After `retry_after` or 1: "not ready, come back").
 
         Options: `retry_after` (429/202: seconds for the Retry-After header; for 429 None

@@ -13,10 +13,11 @@ import traceback
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
-from etl.simulator import api, control, refapi
+from etl.simulator import api, control, exportapi, fixtures, refapi, restore
+from etl.simulator.digest import NonceBook
 from etl.simulator.directory import Directory
 from etl.simulator.dataset import Dataset
 from etl.simulator.faults import CANNED, FaultQueue
@@ -26,13 +27,17 @@ from etl.simulator.store import Store
 log = logging.getLogger(__name__)
 
 DEFAULT_USERS = {"etl@example.org": ("secret-key", None)}
+# Web logins' passwords (Basic and Digest on the data APIs and the export), by API user.
+DEFAULT_PASSWORDS = {"etl@example.org": "secret-password"}
 # HQ's Elasticsearch keeps a primary and replicas of each shard and answers from any of them:
 # three copies that order ties differently is HQ at its worst plausible, so that is the default.
 DEFAULT_REPLICAS = 3
-_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-            404: "Not Found", 405: "Method Not Allowed", 429: "Too Many Requests",
+_REASONS = {200: "OK", 202: "Accepted", 301: "Moved Permanently", 302: "Found",
+            400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            405: "Method Not Allowed", 412: "Precondition Failed", 429: "Too Many Requests",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
             504: "Gateway Timeout"}
+_CUT = 64 * 1024  # a cut-short stream ("truncated", "reset") sends half of up to twice this
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,8 @@ class RequestLog:
     status: int
     fault: str | None = None  # the injected fault, if any
     resource: str | None = None  # "case", "form", "case_v2", "application", "user",
-    #   "web_user", "group", "location", "location_v2", "location_type", or None
+    #   "web_user", "group", "location", "location_v2", "location_type", "export",
+    #   "export_list", "restore", or None
     domain: str | None = None
     user: str | None = None
     bytes: int = 0  # body bytes sent
@@ -71,7 +77,7 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive; every response has a Content-Length
+    protocol_version = "HTTP/1.1"  # keep-alive: a Content-Length, or chunks (the restore)
     server: _Server
 
     def setup(self) -> None:
@@ -125,24 +131,31 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "slow":
             time.sleep(fault.delay)
         if kind in CANNED:
-            response = api.fault_response(kind, fault.retry_after)
+            response = api.fault_response(kind, fault.retry_after, sim.nonces,
+                                          page=r is not None and r.resource in api.PAGES)
         elif r is None:
             response = api.empty(404)
         else:
             request = api.Request(method, split.path, split.query,
                                   self.headers.get("Authorization"),
-                                  self.headers.get("Host") or sim.netloc, body)
+                                  self.headers.get("Host") or sim.netloc, body, self.path)
             try:
-                response, user = api.handle(sim.store, sim.users, request, r, sim.rate_limiter)
+                response, user = _dispatch(sim, request, r)
             except Exception:  # a simulator bug: answer like HQ would, and say why in the log
                 log.error("simulator error on %s %s\n%s", method, self.path, traceback.format_exc())
                 response = api.Response(500, b'{"error": "simulator error"}')
+
+        def entry(sent: int) -> RequestLog:
+            return RequestLog(method, split.path, split.query, response.status, kind,
+                              r.resource if r else None, r.domain if r else None, user, sent,
+                              time.perf_counter() - started, arrived, response.replica)
+
+        if response.stream is not None:
+            self._stream(response, method, kind, lambda sent: sim._log(entry(sent)))
+            return
         payload = self._payload(response, method, kind)
         # Logged before the reply leaves, so a client that has its answer also sees the entry.
-        sim._log(RequestLog(method, split.path, split.query, response.status, kind,
-                            r.resource if r else None, r.domain if r else None, user,
-                            len(payload), time.perf_counter() - started, arrived,
-                            response.replica))
+        sim._log(entry(len(payload)))
         self._send(response, method, kind, payload)
 
     @staticmethod
@@ -156,6 +169,58 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "reset":  # headers promise the whole body; a third arrives, then a reset
             return body[:max(1, len(body) // 3)]
         return body
+
+    def _stream(self, response: api.Response, method: str, fault: str | None,
+                log_entry: Callable[[int], None]) -> None:
+        """Send a streamed body in chunks (chunked transfer encoding), logging the request
+        before the last chunk leaves. "truncated" and "reset" end it half-way: the connection
+        closes (or resets) with no last chunk."""
+        lines = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}",
+                 "Server: nginx", f"Date: {self.date_time_string()}",
+                 f"Content-Type: {response.content_type}", "Transfer-Encoding: chunked",
+                 "Vary: Accept, Cookie"]
+        lines += [f"{k}: {v}" for k, v in response.headers]
+        cut = fault in ("truncated", "reset")
+        if self.close_connection or cut:
+            lines.append("Connection: close")
+        sent, logged = 0, False
+        try:
+            self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            if method == "HEAD":
+                return
+            if cut:
+                data = b""
+                for piece in response.stream or ():
+                    data += piece
+                    if len(data) >= 2 * _CUT:
+                        break
+                part = data[:max(1, len(data) // 2)]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                sent = len(part)
+                log_entry(sent)
+                logged = True
+                self.close_connection = True
+                if fault == "reset":
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               struct.pack("ii", 1, 0))
+                self.connection.close()
+                return
+            for piece in response.stream or ():
+                if piece:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    sent += len(piece)
+            log_entry(sent)
+            logged = True
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:  # the client gave up or went away mid-stream
+            self.close_connection = True
+        except Exception:  # a simulator bug mid-stream: the body just stops
+            log.error("simulator error while streaming %s\n%s", self.path,
+                      traceback.format_exc())
+            self.close_connection = True
+        finally:
+            if not logged:
+                log_entry(sent)
 
     def _send(self, response: api.Response, method: str, fault: str | None = None,
               payload: bytes | None = None) -> None:
@@ -181,6 +246,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
+def _dispatch(sim: "HQSimulator", request: api.Request,
+              r: api.Route) -> tuple[api.Response, str | None]:
+    """The data APIs (api.py), or one of the pages: the export, its list, the restore."""
+    if r.resource in api.PAGES and r.rest == "redirect":  # Django's APPEND_SLASH
+        target = r.list_uri + (f"?{request.query}" if request.query else "")
+        return api.Response(301, b"", api.HTML, [("Location", target)]), None
+    if r.resource == "export":
+        return exportapi.handle(sim.store, sim.users, sim.web_passwords, sim.nonces, request, r,
+                                sim.export_limit)
+    if r.resource == "export_list":
+        return exportapi.list_page(sim.store, request, r)
+    if r.resource == "restore":
+        return restore.handle(sim.store, sim.nonces, request, r)
+    return api.handle(sim.store, sim.users, request, r, sim.rate_limiter,
+                      passwords=sim.web_passwords, nonces=sim.nonces)
+
+
 class HQSimulator:
     """A CommCare HQ look-alike on a real socket.
 
@@ -188,6 +270,12 @@ class HQSimulator:
         with HQSimulator(datasets=[ds], users={"me@example.org": ("key", None)}) as sim:
             requests.get(f"{sim.base_url}/a/demo/api/v0.5/case/",
                          headers={"Authorization": "ApiKey me@example.org:key"})
+
+    `users`: username -> (api key, domains or None for all), optionally a third element, the
+    web login's password (Basic and Digest on the data APIs and the export API). By default
+    "etl@example.org" has api key "secret-key" and password "secret-password". Mobile workers
+    log in to the OTA restore as `name@<domain>.commcarehq.org` with their password
+    (generated ones: "123", see `mobile_worker_password`).
     """
 
     def __init__(self, datasets: Iterable[Dataset] = (),
@@ -198,7 +286,15 @@ class HQSimulator:
         differently on each; 1 keeps write order; default 3). `rate_limit`: HQ's per-project API rate
         limit (see `set_rate_limit`)."""
         self.store = Store(datasets, seed=seed, replicas=replicas)
-        self.users = dict(DEFAULT_USERS if users is None else users)
+        self.users: dict[str, tuple[str, Iterable[str] | None]] = {}
+        self.web_passwords: dict[str, str] = dict(DEFAULT_PASSWORDS if users is None else {})
+        for name, (key, domains, *password) in (DEFAULT_USERS if users is None
+                                                 else users).items():
+            self.users[name] = (key, domains)
+            if password and password[0] is not None:
+                self.web_passwords[name] = password[0]
+        self.nonces = NonceBook()  # Digest nonces issued by 401 challenges
+        self.export_limit = exportapi.DEFAULT_LIMIT
         self.faults = FaultQueue()
         self.rate_limiter = RateLimiter(enabled=rate_limit)
         self.host, self.port = host, port
@@ -282,9 +378,16 @@ class HQSimulator:
     def set_clock(self, moment: datetime) -> None:
         self.store.set_clock(moment)
 
-    def add_cases(self, domain: str, n: int, case_type: str = "patient") -> list[str]:
-        """`n` new cases of `case_type`, each with its registration form."""
-        return self.store.add_cases(domain, n, case_type)
+    def add_cases(self, domain: str, n: int, case_type: str = "patient",
+                  owner_id: str | None = None,
+                  properties: dict[str, Any] | None = None) -> list[str]:
+        """`n` new cases of `case_type`, each with its registration form. `owner_id`: a mobile
+        worker (who then registers them), a case-sharing group or a location (default: the
+        registering field worker). `properties`: exactly these dynamic properties (e.g. 20
+        values of 100 characters for a big restore) instead of generated ones. About 0.1 ms a
+        case: 100k cases take some ten seconds."""
+        return self.store.add_cases(domain, n, case_type, owner_id=owner_id,
+                                    properties=properties)
 
     def update_cases(self, domain: str, case_ids: Iterable[str],
                      properties: dict | None = None) -> None:
@@ -294,8 +397,12 @@ class HQSimulator:
     def close_cases(self, domain: str, case_ids: Iterable[str]) -> None:
         self.store.update_cases(domain, list(case_ids), None, close=True)
 
-    def add_forms(self, domain: str, n: int) -> list[str]:
-        return self.store.add_forms(domain, n)
+    def add_forms(self, domain: str, n: int, xmlns: str | None = None) -> list[str]:
+        """`n` new submissions (follow-ups and surveys). With `xmlns`, all of that form: a
+        registration (with its new case), a follow-up of an open case of its type, or a survey
+        (repeat group `facilities`) carrying that xmlns when no app defines it. Returns the
+        form ids."""
+        return self.store.add_forms(domain, n, xmlns)
 
     def archive_forms(self, domain: str, form_ids: Iterable[str]) -> None:
         self.store.set_archived(domain, list(form_ids), True)
@@ -341,6 +448,19 @@ class HQSimulator:
         """Re-save cases without a form: fresh server_date_modified and indexed_on."""
         self.store.touch_cases(domain, list(case_ids))
 
+    def set_case_owner(self, domain: str, case_ids: Iterable[str], owner_id: str) -> None:
+        """Reassign cases to `owner_id` (a worker, a group, a location): one form per case."""
+        self.store.set_case_owner(domain, list(case_ids), owner_id)
+
+    def set_case_index(self, domain: str, case_id: str, identifier: str,
+                       referenced_id: str | None, case_type: str = "",
+                       relationship: str = "child") -> None:
+        """A form setting the case's index `identifier` to `referenced_id` (`case_type`
+        defaults to the referenced case's; relationship "child" or "extension"), or removing
+        it (None). A removed index goes to phones as an empty element."""
+        self.store.set_case_index(domain, case_id, identifier, referenced_id, case_type,
+                                  relationship)
+
     def deprecate_case_type(self, domain: str, case_type: str, deprecated: bool = True) -> None:
         """Mark `case_type` deprecated in the data dictionary: Case API v2 lists leave its
         cases out when asked with `include_deprecated=false` (v0.5 ignores it, as HQ does)."""
@@ -353,14 +473,16 @@ class HQSimulator:
     def add_mobile_worker(self, domain: str, username: str, **fields: Any) -> str:
         """A new active mobile worker (`username` without `@` gets `@<domain>.commcarehq.org`).
         Fields: first_name, last_name, email, phone_numbers, user_data, location_ids,
-        primary_location, groups (ids), is_active. Returns its id."""
+        primary_location, groups (ids), is_active, password (default "123"; no API shows
+        it). Returns its id."""
         return self.store.change_directory(domain, Directory.add_mobile_worker, username,
                                            **fields)
 
     def update_mobile_worker(self, domain: str, user_id: str, **changes: Any) -> None:
         """What the user API's PUT may change: first_name, last_name, email, phone_numbers,
-        user_data (merged; None removes a key), locations, primary_location, and groups (the
-        worker's groups, exactly; membership is on the groups, so `last_modified` stays)."""
+        user_data (merged; None removes a key), locations, primary_location, password, and
+        groups (the worker's groups, exactly; membership is on the groups, so `last_modified`
+        stays)."""
         self.store.change_directory(domain, Directory.update_mobile_worker, user_id, **changes)
 
     def deactivate_mobile_worker(self, domain: str, user_id: str) -> None:
@@ -462,6 +584,66 @@ class HQSimulator:
         ids deleted."""
         return self.store.change_directory(domain, Directory.delete_location, location_id)
 
+    # --- logins, the export API, the OTA restore -----------------------------------------------
+
+    def add_web_login(self, username: str, password: str, api_key: str | None = None,
+                      domains: Iterable[str] | None = None) -> None:
+        """A web login (Basic and Digest on the data APIs and the export API), or a password
+        for an existing API user. `api_key` (default: keep the user's, or none) also allows
+        `ApiKey`; `domains` (default: keep, or every domain) limits what it may read."""
+        key, current = self.users.get(username, ("", None))
+        self.users[username] = (key if api_key is None else api_key,
+                                current if domains is None else list(domains))
+        self.web_passwords[username] = password
+
+    def mobile_worker_password(self, domain: str, username: str) -> str:
+        """The password a mobile worker logs in to the restore with (`username` with or
+        without `@<domain>.commcarehq.org`); generated workers have "123"."""
+        full = username if "@" in username else f"{username}@{domain}.commcarehq.org"
+        with self.store.lock:
+            w = self.store.domain(domain).directory.worker_by_username(full)
+            if w is None or w.deleted:
+                raise KeyError(f"no mobile worker {username!r} in {domain!r}")
+            return w.password
+
+    def set_digest_nonce_lifetime(self, seconds: float) -> None:
+        """How long a Digest nonce stays good (default 300 s); after that the right answer to
+        it gets a new 401 challenge with `stale="true"`."""
+        self.nonces.lifetime = float(seconds)
+
+    def set_export_limit(self, max_bytes: int) -> None:
+        """The biggest export body served (default 10 MB); a bigger one is a 500 error page."""
+        if int(max_bytes) < 1:
+            raise ValueError("the export limit must be at least 1 byte")
+        self.export_limit = int(max_bytes)
+
+    def export_view(self, domain: str, xmlns: str) -> dict[str, dict[Any, dict[str, str]]]:
+        """What a full `/reports/export/?export_tag="<xmlns>"&format=json` holds now, keyed
+        independently of row numbers: {"#": {form_id: {header: value}}, "#.form.<repeat>.#":
+        {(form_id, "0"): {header: value}, (form_id, "1.0"): ...}} (row id within the form as
+        the served id after the form's row number; headers as served with the default
+        max_column_size, without "id")."""
+        return exportapi.export_view(self.store, domain, xmlns)
+
+    def add_lookup_table(self, domain: str, tag: str, fields: Iterable[str],
+                         items: Iterable[Mapping[str, Any]],
+                         users: Iterable[str] | None = None) -> None:
+        """A lookup table (replacing one with the same tag): `items` are {field: value}
+        dicts; `users` (worker ids or usernames) limits it to those workers' restores, None
+        sends it to everyone. Restores carry it as `item-list:<tag>`."""
+        with self.store.lock:
+            d = self.store.domain(domain)
+            table = fixtures.make_table(d.directory, tag, fields, items,
+                                        None if users is None else list(users))
+            d.lookup_tables[:] = [t for t in d.lookup_tables if t.tag != tag] + [table]
+
+    def restore_caseload(self, domain: str, username: str) -> dict[str, dict[str, Any]]:
+        """The open cases a full restore sends the worker now: case id -> {case_type, name,
+        owner_id, external_id, date_opened, properties, indices {identifier: {case_id,
+        case_type, relationship}}}, values as the restore's XML carries them (properties whose
+        names are not XML names, and XML-illegal characters, left out)."""
+        return restore.caseload(self.store, domain, username)
+
     # --- HQ at its worst -----------------------------------------------------------------------
 
     @property
@@ -499,18 +681,21 @@ class HQSimulator:
 
 def serve(host: str = "127.0.0.1", port: int = 8000, domain: str = "demo", n_cases: int = 300,
           seed: int = 0, username: str = "demo@example.org", api_key: str = "demo-key",
-          awkward: bool = False, replicas: int = DEFAULT_REPLICAS, rate_limit: bool = False) -> None:
-    """Run a simulator in the foreground until Ctrl-C."""
+          awkward: bool = False, replicas: int = DEFAULT_REPLICAS, rate_limit: bool = False,
+          password: str | None = None) -> None:
+    """Run a simulator in the foreground until Ctrl-C (`password`: also a web login)."""
     dataset = Dataset.generate(domain=domain, seed=seed, n_cases=n_cases, awkward=awkward)
-    sim = HQSimulator([dataset], users={username: (api_key, None)}, host=host, port=port,
-                      replicas=replicas, rate_limit=rate_limit)
+    sim = HQSimulator([dataset], users={username: (api_key, None, password)}, host=host,
+                      port=port, replicas=replicas, rate_limit=rate_limit)
     sim.start()
     try:  # Ctrl-C may come as soon as the line is out (while logging still returns)
         log.info("HQ simulator: %s/a/%s/api/v0.5/case/ (%d cases, %d forms, %d index cop%s%s); "
-                 "Authorization: ApiKey %s:%s; control API at %s/_sim/stats",
+                 "Authorization: ApiKey %s:%s%s; restore at /a/%s/phone/restore/ (mobile "
+                 "workers chw1@%s.commcarehq.org... password 123); control API at %s/_sim/stats",
                  sim.base_url, domain, len(dataset.cases), len(dataset.forms), replicas,
                  "y" if replicas == 1 else "ies", ", rate-limited" if rate_limit else "",
-                 username, api_key, sim.base_url)
+                 username, api_key, "" if password is None else " (or Basic/Digest with its "
+                 "password, also on /reports/export/)", domain, domain, sim.base_url)
         threading.Event().wait()
     except KeyboardInterrupt:
         pass

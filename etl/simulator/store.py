@@ -9,15 +9,17 @@ The index may have several copies (`replicas`) that order ties differently (see 
 from __future__ import annotations
 
 import bisect
+import gc
 import random
 import threading
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable
 
-from etl.simulator import directory, rebuild, replicas
+from etl.simulator import appdef, directory, rebuild, replicas
 from etl.simulator.dataset import Dataset
-from etl.simulator.factory import DocFactory, Index
+from etl.simulator.factory import DocFactory, Index, User
 from etl.simulator.hqtime import US_PER_MS, US_PER_SECOND, fmt_us, from_us, parse_ms, to_us
 from etl.simulator.records import RawRecord, Record
 from etl.simulator.vocab import pick, ri
@@ -163,6 +165,12 @@ class Domain:
                                                 dataset.last_indexed_us)
         self.deprecated_types: set[str] = set()  # the data dictionary's deprecated case types
         self.rebuilt_away: dict[str, dict] = {}  # cases a rebuild deleted (no forms left)
+        # Indices a case lost (case id -> identifier -> (case_type, relationship)): restores
+        # send them as empty elements so a phone drops them too.
+        self.removed_indices: dict[str, dict[str, tuple[str, str]]] = {}
+        self.lookup_tables: list[Any] = []  # fixtures.LookupTable, in the order added
+        self.sync_logs: dict[str, Any] = {}  # restore_id -> restore.SyncLog
+        self.export_checkpoints: dict[str, Any] = {}  # export token -> exportapi.Checkpoint
 
     def collection(self, resource: str) -> Collection:
         if resource == "case":
@@ -271,31 +279,64 @@ class Store:
     # --- changes -------------------------------------------------------------------------------
 
     def add_cases(self, domain: str, n: int, case_type: str = "patient",
-                  indexed_on_us: Callable[[int], int] | None = None) -> list[str]:
-        """New cases, each with the registration form that created it."""
+                  indexed_on_us: Callable[[int], int] | None = None,
+                  owner_id: str | None = None,
+                  properties: dict[str, Any] | None = None) -> list[str]:
+        """New cases, each with the registration form that created it. `owner_id`: who owns
+        them (a mobile worker registers its own; a group or location's are registered by a
+        field worker); default: the registering field worker. `properties`: exactly these
+        dynamic properties instead of generated ones."""
         with self.lock:
             d = self.domain(domain)
-            f = d.factory
-            hosts = {t: [r.id for r in d.cases.ordered if r.terms[0] == t and not r.terms[4]]
-                     for t in ("household", "patient")}
+            hosts = self._hosts(d)
             ids = []
-            for i in range(n):
-                user = f.field_worker()
-                received = self.tick()
-                indices: list[Index] = []
-                if case_type == "patient" and hosts["household"]:
-                    indices = [Index("parent", pick(f.rng, hosts["household"]), "household")]
-                elif case_type == "contact" and hosts["patient"]:
-                    indices = [Index("host", pick(f.rng, hosts["patient"]), "patient",
-                                     "extension")]
-                form, docs = f.registration(case_type, user, received - self._lag(f), received,
-                                            indices)
-                self._save(d.forms, form, self.tick())
-                case_ix = indexed_on_us(i) if indexed_on_us else self.tick()
-                for doc in docs:
-                    self._save(d.cases, doc, case_ix)
-                ids.append(docs[0]["case_id"])
+            # As in Dataset.generate: many short-lived containers and no cycles, so the cyclic
+            # GC would only rescan the growing store (a benchmark adds 100k cases at once).
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                for i in range(n):
+                    form, docs = self._registration(d, case_type, hosts, owner_id, properties)
+                    self._save(d.forms, form, self.tick())
+                    case_ix = indexed_on_us(i) if indexed_on_us else self.tick()
+                    for doc in docs:
+                        self._save(d.cases, doc, case_ix)
+                    ids.append(docs[0]["case_id"])
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
             return ids
+
+    @staticmethod
+    def _hosts(d: Domain) -> dict[str, list[str]]:
+        """Open cases new ones may index: households (for patients), patients (contacts)."""
+        return {t: [r.id for r in d.cases.ordered if r.terms[0] == t and not r.terms[4]]
+                for t in ("household", "patient")}
+
+    def _registration(self, d: Domain, case_type: str, hosts: dict[str, list[str]],
+                      owner_id: str | None = None,
+                      properties: dict[str, Any] | None = None) -> tuple[dict, list[dict]]:
+        f = d.factory
+        user = self._user_owning(d, owner_id) or f.field_worker()
+        received = self.tick()
+        indices: list[Index] = []
+        if case_type == "patient" and hosts["household"]:
+            indices = [Index("parent", pick(f.rng, hosts["household"]), "household")]
+        elif case_type == "contact" and hosts["patient"]:
+            indices = [Index("host", pick(f.rng, hosts["patient"]), "patient", "extension")]
+        return f.registration(case_type, user, received - self._lag(f), received, indices,
+                              owner_id or "",
+                              props=None if properties is None else dict(properties))
+
+    @staticmethod
+    def _user_owning(d: Domain, owner_id: str | None) -> User | None:
+        """The mobile worker `owner_id` names, as the factory's submitting user."""
+        w = d.directory.workers.get(owner_id or "")
+        if w is None or w.deleted:
+            return None
+        known = next((u for u in d.factory.users if u.id == w.id), None)
+        short = w.username.split("@")[0]
+        return known or User(w.id, short, f"35{zlib.crc32(w.id.encode()):013d}")
 
     def update_cases(self, domain: str, case_ids: Iterable[str],
                      properties: dict | None = None, close: bool = False) -> None:
@@ -318,8 +359,13 @@ class Store:
                 self._save(d.forms, form, self.tick())
                 self._save(d.cases, doc, self.tick())
 
-    def add_forms(self, domain: str, n: int) -> list[str]:
-        """New submissions: mostly follow-ups of open cases (which re-index them), some surveys."""
+    def add_forms(self, domain: str, n: int, xmlns: str | None = None) -> list[str]:
+        """New submissions: mostly follow-ups of open cases (which re-index them), some surveys.
+        With `xmlns`, `n` forms of that form: a registration (with its new case), a follow-up
+        of a random open case of its type, or (the survey's, or an xmlns no app has) a survey
+        (with its `facilities` repeat) carrying that xmlns."""
+        if xmlns is not None:
+            return self._add_forms_of(domain, n, xmlns)
         with self.lock:
             d = self.domain(domain)
             f = d.factory
@@ -340,6 +386,106 @@ class Store:
                     self._save(d.forms, form, self.tick())
                 ids.append(form["id"])
             return ids
+
+    def _add_forms_of(self, domain: str, n: int, xmlns: str) -> list[str]:
+        fdef = next((f for f in appdef.FORMS.values() if f.xmlns == xmlns), None)
+        with self.lock:
+            d = self.domain(domain)
+            f = d.factory
+            ids = []
+            if fdef is not None and fdef.case_type and fdef.registers:
+                hosts = self._hosts(d)
+                for _ in range(n):
+                    form, docs = self._registration(d, fdef.case_type, hosts)
+                    self._save(d.forms, form, self.tick())
+                    case_ix = self.tick()
+                    for doc in docs:
+                        self._save(d.cases, doc, case_ix)
+                    ids.append(form["id"])
+                return ids
+            if fdef is not None and fdef.case_type:
+                open_cases = [r.id for r in d.cases.ordered
+                              if type(r) is Record and not r.terms[4]
+                              and r.terms[0] == fdef.case_type]
+                if not open_cases:
+                    raise ValueError(f"no open {fdef.case_type} case to follow up with {xmlns}")
+                for _ in range(n):
+                    doc = d.cases.get(pick(f.rng, open_cases)).doc(b"")
+                    form = self._follow_up(d, doc, None)
+                    ids.append(form["id"])
+                return ids
+            for _ in range(n):
+                user = f.field_worker()
+                received = self.tick()
+                form = f.survey(user, received - self._lag(f), received)
+                form["form"]["@xmlns"] = xmlns
+                self._save(d.forms, form, self.tick())
+                ids.append(form["id"])
+            return ids
+
+    def _follow_up(self, d: Domain, doc: dict, update: dict | None,
+                   indices: Iterable[Index] = (), user: User | None = None) -> dict:
+        """One follow-up form for the case `doc` (changed in place and re-saved): `update`, or
+        a routine visit's properties. Returns the form."""
+        f = d.factory
+        user = user or f.field_worker()
+        received = self.tick()
+        phone = received - self._lag(f)
+        if update is None:
+            update = f.visit_properties(doc, phone)
+        form = f.follow_up([doc], user, phone, received, [update], None, [list(indices)])
+        self._save(d.forms, form, self.tick())
+        self._save(d.cases, doc, self.tick())
+        return form
+
+    def set_case_owner(self, domain: str, case_ids: Iterable[str], owner_id: str) -> None:
+        """Reassign cases: one form per case (by the supervisor) updating `owner_id`."""
+        with self.lock:
+            d = self.domain(domain)
+            for record in self._existing(d.cases, list(case_ids)):
+                if isinstance(record, RawRecord):
+                    raise ValueError(f"case {record.id!r} is a raw record")
+                self._follow_up(d, record.doc(b""), {"owner_id": owner_id},
+                                user=d.factory.users[-1])
+
+    def set_case_index(self, domain: str, case_id: str, identifier: str,
+                       referenced_id: str | None, case_type: str = "",
+                       relationship: str = "child") -> None:
+        """A form setting the case's index `identifier` to `referenced_id` (its `case_type`
+        defaults to the referenced case's), or removing it (None)."""
+        if relationship not in ("child", "extension"):
+            raise ValueError(f"relationship must be 'child' or 'extension', not {relationship!r}")
+        with self.lock:
+            d = self.domain(domain)
+            (record,) = self._existing(d.cases, [case_id])
+            if isinstance(record, RawRecord):
+                raise ValueError(f"case {case_id!r} is a raw record")
+            doc = record.doc(b"")
+            old = (doc.get("indices") or {}).get(identifier) or {}
+            if referenced_id is None:
+                case_type = case_type or old.get("case_type") or ""
+                relationship = old.get("relationship") or relationship
+                index = Index(identifier, "", case_type, relationship)
+            else:
+                target = d.cases.get(referenced_id)
+                if not case_type and target is not None and target.terms[0]:
+                    case_type = target.terms[0]
+                index = Index(identifier, referenced_id, case_type, relationship)
+            self._follow_up(d, doc, {}, [index])
+            self._note_indices(d, case_id, {identifier: old} if old else {}, doc["indices"])
+
+    @staticmethod
+    def _note_indices(d: Domain, case_id: str, before: dict, after: dict) -> None:
+        """Remember the indices a save dropped, forget the ones it (re)set."""
+        removed = d.removed_indices.setdefault(case_id, {})
+        for identifier, ref in before.items():
+            if identifier not in after and isinstance(ref, dict):
+                removed[identifier] = (str(ref.get("case_type") or ""),
+                                       str(ref.get("relationship") or "child"))
+        for identifier in after:
+            removed.pop(identifier, None)
+        if not removed:
+            del d.removed_indices[case_id]
 
     def set_archived(self, domain: str, form_ids: Iterable[str], archived: bool) -> None:
         """Archive or restore forms, as HQ does: the form is re-indexed, then every case it
@@ -379,6 +525,7 @@ class Store:
             d.cases.remove(case_id)
             return
         d.rebuilt_away.pop(case_id, None)
+        self._note_indices(d, case_id, base.get("indices") or {}, doc.get("indices") or {})
         doc["server_date_modified"] = fmt_us(self.tick())
         if doc["date_modified"] is None:
             doc["date_modified"] = doc["server_date_modified"]
