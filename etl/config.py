@@ -78,6 +78,22 @@ def _read_secret(path: Path, what: str) -> str:
         raise ConfigError(f"{what}: cannot read the secrets file {path}: {exc.strerror}") from None
 
 
+SECRETS = ("commcare_api_key", "commcare_password")
+
+
+class _NoSecretsToml(TomlConfigSettingsSource):
+    """The settings file is meant to be committed: a secret in it is refused, not read."""
+
+    def __call__(self) -> dict:
+        data = super().__call__()
+        found = [k for k in data if k.lower() in SECRETS]
+        if found:
+            raise ValueError(f"{', '.join(found)} never goes in the settings file: set "
+                             f"{found[0].upper()} in the environment, or name a secrets file "
+                             f"with {found[0].upper()}_FILE")
+        return data
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
@@ -186,7 +202,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
+        toml = _NoSecretsToml(settings_cls, toml_file=config_file())
         return (init_settings, env_settings, dotenv_settings, toml, file_secret_settings)
 
     def domains(self) -> list[str]:

@@ -81,3 +81,14 @@ def test_keys_never_live_in_the_settings_file(tmp_path, monkeypatch):
                     'api_key_env = "NOT_SET_ANYWHERE"\n')
     with pytest.raises(ConfigError, match="NOT_SET_ANYWHERE"):
         load_settings().require_hq_credentials()
+
+
+def test_a_password_or_key_in_the_settings_file_is_refused(tmp_path, monkeypatch):
+    from etl.config import load_settings
+
+    config = tmp_path / "commcare-etl.toml"
+    config.write_text('commcare_domain = "demo"\ncommcare_password = "hunter2-secret"\n')
+    monkeypatch.setenv("COMMCARE_ETL_CONFIG", str(config))
+    with pytest.raises(ConfigError, match="never goes in the settings file") as caught:
+        load_settings()
+    assert "hunter2-secret" not in str(caught.value)

@@ -2,6 +2,9 @@
 
 Handlers return a `Response`; `server.py` puts it on the wire (and applies faults).
 List bodies are assembled from each record's pre-serialized bytes, never re-encoded.
+`route` also recognises the pages answered elsewhere (`PAGES`: the export, exportapi.py; the
+restore, restore.py); their paths without the trailing slash get Django's 301 to it. The data
+APIs' 401 challenge is `Digest realm="CommCare HQ"` (the pages': realm "DJANGO", plus Basic).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 
 * Auth: the worker's login, `name@<domain>.commcarehq.org` and its password, by HTTP Basic or
   Digest (realm "DJANGO"). Anything else, a wrong password, a deactivated or retired worker:
-  401, empty, with a Digest and a Basic challenge.
+  401, empty, with a Digest and a Basic challenge. An unknown project: 404, empty.
 * Params: `version` ("2.0" default; "3.0" is served the same CaseXML v2; others 412), `since`
   (the `restore_id` of an earlier restore of this worker), `items=true` (the root's `items`
   count), `device_id`, `app_id` (kept on the sync log), `overwrite_cache` (accepted; nothing is
@@ -86,11 +86,11 @@ def handle(store: Store, nonces: NonceBook, request: Request,
     if request.method not in ("GET", "HEAD"):
         return empty(405, Allow="GET"), None
     d = store.domains.get(r.domain)
-    outcome = auth.Outcome(None)
-    if d is not None:
-        outcome = auth.check_password(request.authorization or "", request.method,
-                                      request.uri, worker_password_of(store, d), nonces)
-    if outcome.username is None or d is None:
+    if d is None:
+        return empty(404), None
+    outcome = auth.check_password(request.authorization or "", request.method, request.uri,
+                                  worker_password_of(store, d), nonces)
+    if outcome.username is None:
         return unauthorized(nonces, REALM, outcome.stale, basic=True), None
     params = dict(request.pairs)
     version = params.get("version") or "2.0"

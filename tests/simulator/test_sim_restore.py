@@ -315,3 +315,10 @@ def test_the_control_api_drives_owners_indices_tables_and_logins(sim):
                         timeout=10).status_code == 200
     ids = mutate(action="add_forms", n=2, xmlns="http://openrosa.org/formdesigner/X")
     assert sim.export_view("demo", "http://openrosa.org/formdesigner/X")["#"].keys() == set(ids)
+
+
+def test_an_unknown_project_is_404(sim):
+    w = _worker(sim)
+    response = requests.get(sim.base_url + "/a/nowhere/phone/restore/", timeout=10,
+                            auth=HTTPBasicAuth(w.username, "123"))
+    assert response.status_code == 404 and response.content == b""
