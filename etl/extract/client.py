@@ -353,11 +353,15 @@ def require_json_object(doc: JsonDocument, *keys: str) -> dict:
     return doc.data
 
 
-def make_client(settings: "Settings") -> HQClient:
-    """The client a project's settings describe (its server, credentials, time limits)."""
+def make_client(settings: "Settings", *, username: str | None = None, auth: str | None = None,
+                password: str | None = None, login_hint: str = "") -> HQClient:
+    """The client a project's settings describe (its server, credentials, time limits); or,
+    with `username` and the rest, the same server and limits with another login."""
     return HQClient(
-        settings.commcare_base_url, settings.commcare_username or "", settings.api_key,
-        auth=settings.commcare_auth, password=settings.password, timeout=settings.http_timeout, retry_max_seconds=settings.retry_max_seconds,
-        retry_initial_wait=settings.retry_initial_wait, retry_max_wait=settings.retry_max_wait,
+        settings.commcare_base_url, username or settings.commcare_username or "",
+        settings.api_key if username is None else "", auth=auth or settings.commcare_auth,
+        password=settings.password if password is None else password,
+        login_hint=login_hint, timeout=settings.http_timeout,
+        retry_max_seconds=settings.retry_max_seconds, retry_initial_wait=settings.retry_initial_wait, retry_max_wait=settings.retry_max_wait,
         unreachable_max_seconds=settings.unreachable_retry_seconds,
     )

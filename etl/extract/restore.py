@@ -19,7 +19,7 @@ from typing import Iterator
 
 from etl.errors import ConfigError, HQError, MalformedResponse
 from etl.extract import restore_xml
-from etl.extract.client import HQClient, RestoreTokenRejected
+from etl.extract.client import HQClient, RestoreTokenRejected, make_client
 from etl.extract.cursors import RestoreCursor
 from etl.extract.streams import Page, Stream
 
@@ -130,12 +130,8 @@ class RestoreStream(Stream):
 
 def worker_client(settings, worker: Worker) -> HQClient:
     """A client logged in as the worker (HTTP Basic, or Digest with COMMCARE_AUTH=digest)."""
-    return HQClient(
-        settings.commcare_base_url, worker.username,
+    return make_client(
+        settings, username=worker.username, password=worker.password,
         auth="digest" if settings.commcare_auth == "digest" else "basic",
-        password=worker.password,
         login_hint=(f"Check the password of {worker.username} in RESTORE_USERS_FILE, and "
-                    f"that the mobile worker is active; the other workers still sync."),
-        timeout=settings.http_timeout, retry_max_seconds=settings.retry_max_seconds,
-        retry_initial_wait=settings.retry_initial_wait, retry_max_wait=settings.retry_max_wait,
-        unreachable_max_seconds=settings.unreachable_retry_seconds)
+                    f"that the mobile worker is active; the other workers still sync."))
