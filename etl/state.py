@@ -21,6 +21,10 @@ from etl.extract.cursors import Cursor
 C = TypeVar("C", bound=Cursor)
 
 
+def _json(cursor: dict | Cursor) -> dict:
+    return cursor.to_json() if isinstance(cursor, Cursor) else cursor
+
+
 def _t(schema: str, table: str) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
 
@@ -45,14 +49,13 @@ def load_cursor(conn: psycopg.Connection, schema: str, domain: str, stream: str,
 def save_checkpoint(conn: psycopg.Connection, schema: str, domain: str, stream: str,
                     cursor: dict | Cursor, partition: str = "") -> None:
     kind = cursor.kind if isinstance(cursor, Cursor) else None
-    data = cursor.to_json() if isinstance(cursor, Cursor) else cursor
     conn.execute(sql.SQL("""
         insert into {} (domain, stream, partition, cursor, kind, updated_at)
         values (%s, %s, %s, %s, %s, now())
         on conflict (domain, stream, partition) do update
         set cursor = excluded.cursor, kind = coalesce(excluded.kind, {}.kind), updated_at = now()
     """).format(_t(schema, "sync_checkpoints"), sql.Identifier("sync_checkpoints")),
-        (domain, stream, partition, Jsonb(data), kind))
+        (domain, stream, partition, Jsonb(_json(cursor)), kind))
 
 
 def delete_checkpoints(conn: psycopg.Connection, schema: str, domain: str,
@@ -154,22 +157,18 @@ def start_run(conn: psycopg.Connection, schema: str, command: str, domain: str, 
 
 def count_page(conn: psycopg.Connection, schema: str, run_id: int, *, records: int,
                cleaned: int, rejected: int, requests: int, cursor: dict | Cursor) -> None:
-    if isinstance(cursor, Cursor):
-        cursor = cursor.to_json()
     conn.execute(sql.SQL("""
         update {} set records = records + %s, pages = pages + 1, requests = %s,
                cleaned_values = cleaned_values + %s, dead_letters = dead_letters + %s,
                cursor_end = %s
         where id = %s""").format(_t(schema, "sync_runs")),
-        (records, requests, cleaned, rejected, Jsonb(cursor), run_id))
+        (records, requests, cleaned, rejected, Jsonb(_json(cursor)), run_id))
 
 
 def finish_listing(conn: psycopg.Connection, schema: str, run_id: int,
                    cursor: dict | Cursor) -> None:
-    if isinstance(cursor, Cursor):
-        cursor = cursor.to_json()
     conn.execute(sql.SQL("update {} set cursor_end = %s where id = %s").format(
-        _t(schema, "sync_runs")), (Jsonb(cursor), run_id))
+        _t(schema, "sync_runs")), (Jsonb(_json(cursor)), run_id))
 
 
 def finish_run(conn: psycopg.Connection, schema: str, run_id: int, status: str,

@@ -21,7 +21,7 @@ from etl.errors import (AuthError, ConfigError, EtlError, ExitCode, Interrupted,
                         describe_failure)
 from etl.extract.client import HQClient, make_client
 from etl.extract.cursors import Cursor, IndexedOnCursor, SnapshotCursor
-from etl.extract.streams import Page
+from etl.extract.streams import Page, Stream
 from etl.load.postgres import Loader
 from etl.parallel import run_parallel
 from etl.transform import Batch, transform_page
@@ -182,29 +182,33 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
     with runinfo.working_on(domain, report.label), warehouse.connect() as conn, state.stream_lock(
             conn, warehouse.schema, domain, checkpoint_stream, settings.lock_wait_seconds,
             purpose=command, partition=partition):
-        stream = source.stream(client, domain, settings, partition)
-        saved = state.load_cursor(conn, warehouse.schema, domain, checkpoint_stream,
-                                  stream.cursor_kind, partition)
-        _check_server(saved, settings.commcare_base_url, domain, stream_name)
+        raw = state.load_checkpoint(conn, warehouse.schema, domain, checkpoint_stream, partition)
+        _check_server(raw, settings.commcare_base_url, domain, stream_name)
         cursor_extra = {**(cursor_extra or {}), "server": settings.commcare_base_url}
-        if callable(start):  # decided from the saved cursor, e.g. a backfill resuming
-            cursor = start(saved)
-        elif start is not None:
-            cursor = start
-        elif isinstance(saved, IndexedOnCursor):
-            cursor = saved.looked_back(timedelta(seconds=settings.lookback_seconds))
-        else:
-            cursor = saved
         run_id = state.start_run(conn, warehouse.schema, command, domain, checkpoint_stream,
-                                 saved.to_json(), partition)
-        log.info("%s %s [%s]: starting from %s", command, report.label, domain, cursor.describe())
-        loader = Loader(conn, warehouse.schema, bi=settings.bi_tables,
-                        ddl_lock_timeout=settings.ddl_lock_timeout,
-                        keep=getattr(stream, "unknown_columns", ()))
-        place = _Place(stream_name, checkpoint_stream, partition, domain, run_id)
-        last_progress = time.monotonic()
-        progress = Progress(f"{report.label} [{domain}]", settings.log_format)
+                                 raw, partition)
+        stream: Stream | None = None
+        progress: Progress | None = None
         try:
+            # Inside the run: a source refusing its settings is a failed run, said in sync_runs.
+            stream = source.stream(client, domain, settings, partition)
+            saved = stream.cursor_kind.parse(raw)
+            if callable(start):  # decided from the saved cursor, e.g. a backfill resuming
+                cursor = start(saved)
+            elif start is not None:
+                cursor = start
+            elif isinstance(saved, IndexedOnCursor):
+                cursor = saved.looked_back(timedelta(seconds=settings.lookback_seconds))
+            else:
+                cursor = saved
+            log.info("%s %s [%s]: starting from %s", command, report.label, domain,
+                     cursor.describe())
+            loader = Loader(conn, warehouse.schema, bi=settings.bi_tables,
+                            ddl_lock_timeout=settings.ddl_lock_timeout,
+                            keep=getattr(stream, "unknown_columns", ()))
+            place = _Place(stream_name, checkpoint_stream, partition, domain, run_id)
+            last_progress = time.monotonic()
+            progress = Progress(f"{report.label} [{domain}]", settings.log_format)
             if source.target.listed:
                 loader.begin_listing(source.target)
             rebuilt = loader.rebuild_pending(source.target, stream_name, domain)
@@ -238,14 +242,15 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                                          partition)
             progress.close()
         except BaseException as exc:
-            progress.close()
+            if progress is not None:
+                progress.close()
             report.status = "failed"
             report.error = str(exc) or type(exc).__name__
             report.exception = exc
             report.seconds = time.monotonic() - started
             _finish(warehouse, conn, run_id,
                     "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failed",
-                    describe_failure(exc), stream.requests_made)
+                    describe_failure(exc), stream.requests_made if stream else 0)
             raise
         report.status = "ok"
         report.requests = stream.requests_made
@@ -266,9 +271,9 @@ class _Place:
     run_id: int
 
 
-def _check_server(cursor: Cursor, server: str, domain: str, stream_name: str) -> None:
+def _check_server(cursor: dict | None, server: str, domain: str, stream_name: str) -> None:
     """A checkpoint says how far one HQ server was read: against another it means nothing."""
-    saved = cursor.extra.get("server")
+    saved = (cursor or {}).get("server")
     if saved and saved.rstrip("/") != server.rstrip("/"):
         raise ConfigError(
             f"the {stream_name} checkpoint of domain {domain!r} was made against {saved}, but "

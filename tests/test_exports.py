@@ -112,7 +112,7 @@ def test_a_lost_token_means_a_full_export_absorbed_by_the_upsert(sim, settings, 
 
 
 def test_the_export_api_with_an_api_key_fails_alone_and_says_what_to_set(sim, schema, pg_url,
-                                                                         warehouse):
+                                                                         warehouse, db):
     sim.add_forms("demo", 2, xmlns=XMLNS)
     settings = make_settings(sim.base_url, schema, pg_url, streams=["apps"],
                              exports=[XMLNS])
@@ -120,6 +120,9 @@ def test_the_export_api_with_an_api_key_fails_alone_and_says_what_to_set(sim, sc
     assert [(r.stream, r.partition, r.status) for r in reports] == [
         ("apps", "", "ok"), ("exports", "survey", "failed")]
     assert "COMMCARE_AUTH=digest" in reports[1].error
+    run = db.execute(f'select status, error from "{schema}".sync_runs '
+                     f"where stream = 'exports' and partition = 'survey'").fetchone()
+    assert run[0] == "failed" and "COMMCARE_AUTH=digest" in run[1]  # status shows it
 
 
 def test_wrong_password_is_exit_3_and_the_password_is_never_logged(sim, schema, pg_url):

@@ -372,7 +372,7 @@ def _won_ids(conn: psycopg.Connection, table: str) -> set[str]:
 
 
 @dataclass
-class _Write:
+class Write:
     """Rows to put in a table in place of what it holds for `ids`."""
 
     table: str
@@ -382,9 +382,9 @@ class _Write:
     id_column: str
 
 
-def _table_writes(info: TableInfo, ids: list[str], id_column: str, fixed_columns: list[str],
+def table_writes(info: TableInfo, ids: list[str], id_column: str, fixed_columns: list[str],
                   records: list[tuple[tuple, dict]],
-                  placed: dict[str, tuple[str, str] | None]) -> list[_Write]:
+                  placed: dict[str, tuple[str, str] | None]) -> list[Write]:
     """One write per physical table of `info`. `records`: (fixed values, {path: text}) each;
     a continuation table gets a row only where the record has a value in it."""
     by_table: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -406,11 +406,11 @@ def _table_writes(info: TableInfo, ids: list[str], id_column: str, fixed_columns
                 part = tuple(cell(values.get(p)) for p, _ in dynamic)
                 if any(v is not None for v in part):
                     rows.append(fixed[:n_key] + part)
-        writes.append(_Write(table, ids, columns, rows, id_column))
+        writes.append(Write(table, ids, columns, rows, id_column))
     return writes
 
 
-def _unparsed(catalog: Catalog, write: _Write, domain: str) -> dict[str, int]:
+def _unparsed(catalog: Catalog, write: Write, domain: str) -> dict[str, int]:
     casts = catalog.typed.get(write.table)
     if not casts:
         return {}
@@ -426,7 +426,7 @@ def _unparsed(catalog: Catalog, write: _Write, domain: str) -> dict[str, int]:
     return dict(zip(names, counts))
 
 
-def _apply(catalog: Catalog, domain: str, writes: list[_Write], rejects: list) -> None:
+def apply_writes(catalog: Catalog, domain: str, writes: list[Write], rejects: list) -> None:
     """Write only once every table and column the page needs exists. A transaction then never
     holds row locks on a BI table while it waits for the DDL lock, and the holder of that lock
     never waits to ALTER a table such a transaction has written: no deadlock between runs.
@@ -453,7 +453,7 @@ def _apply(catalog: Catalog, domain: str, writes: list[_Write], rejects: list) -
                 catalog.unparsed[key] = catalog.unparsed.get(key, 0) + delta
 
 
-def _copy(catalog: Catalog, write: _Write, rows: list[tuple]) -> None:
+def _copy(catalog: Catalog, write: Write, rows: list[tuple]) -> None:
     with catalog.conn.cursor().copy(sql.SQL("copy {} ({}) from stdin").format(
             catalog.t(write.table),
             sql.SQL(", ").join(map(sql.Identifier, write.columns)))) as copy:
@@ -461,7 +461,7 @@ def _copy(catalog: Catalog, write: _Write, rows: list[tuple]) -> None:
             copy.write_row(row)
 
 
-def _copy_one_by_one(catalog: Catalog, write: _Write, rejects: list) -> None:
+def _copy_one_by_one(catalog: Catalog, write: Write, rejects: list) -> None:
     from etl.transform import Reject
 
     id_at = write.columns.index(write.id_column)
@@ -553,7 +553,7 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
     for case_id, old_type in old_types.items():
         info = catalog.tables.get(("case_type", old_type))
         if case_id in won and info:
-            writes += [_Write(table, [case_id], [], [], "case_id") for table in info.parts]
+            writes += [Write(table, [case_id], [], [], "case_id") for table in info.parts]
     rows = _newest([r for r in batch.rows.get("cases", []) if r.case_id in won], "case_id")
     indices: dict[str, dict[str, str | None]] = defaultdict(dict)
     for index in batch.rows.get("case_indices", []):
@@ -580,9 +580,9 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
                                  ((p, p) for p in paths if not p.startswith("index/")))
         placed.update(catalog.columns(info, "case_index", case_type, (
             (p, f"index_{p[6:]}") for p in paths if p.startswith("index/"))))
-        writes += _table_writes(info, [r.case_id for r in type_rows], "case_id", fixed_columns,
+        writes += table_writes(info, [r.case_id for r in type_rows], "case_id", fixed_columns,
                                 records, placed)
-    _apply(catalog, domain, writes, batch.rejects)
+    apply_writes(catalog, domain, writes, batch.rejects)
 
 
 # --- forms ---------------------------------------------------------------------------------
@@ -606,7 +606,7 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
         "delete from {}.form_case_actions where domain = %s and form_id = any(%s)").format(
         sql.Identifier(schema)), (domain, won_ids))
     actions = []
-    writes: list[_Write] = []
+    writes: list[Write] = []
     by_xmlns: dict[str, list] = defaultdict(list)
     for form_id, row in rows.items():
         by_xmlns[row.xmlns or "(no xmlns)"].append(row)
@@ -628,7 +628,7 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
         form_ids = [row.form_id for row in form_rows]
         writes += _form_rows(catalog, info, xmlns, form_rows, form_ids, flats)
         writes += _repeat_rows(catalog, info, xmlns, domain, flats, form_ids)
-    _apply(catalog, domain, writes, batch.rejects)
+    apply_writes(catalog, domain, writes, batch.rejects)
     catalog.written["form_case_actions"] = "form_id"
     if actions:
         with catalog.conn.cursor().copy(sql.SQL(
@@ -645,7 +645,7 @@ def _catalogued_repeats(catalog: Catalog, xmlns: str) -> set[str]:
 
 
 def _form_rows(catalog: Catalog, info: TableInfo, xmlns: str, form_rows: list,
-               form_ids: list[str], flats: dict) -> list[_Write]:
+               form_ids: list[str], flats: dict) -> list[Write]:
     paths: dict[str, None] = {}
     for flat in flats.values():
         paths.update(dict.fromkeys(flat.root.values))
@@ -654,11 +654,11 @@ def _form_rows(catalog: Catalog, info: TableInfo, xmlns: str, form_rows: list,
     fixed = [c for c, _ in FORM_FIXED]
     records = [(tuple(getattr(row, c) for c in fixed), flats[row.form_id].root.values)
                for row in form_rows]
-    return _table_writes(info, form_ids, "form_id", fixed, records, placed)
+    return table_writes(info, form_ids, "form_id", fixed, records, placed)
 
 
 def _repeat_rows(catalog: Catalog, form_info: TableInfo, xmlns: str, domain: str,
-                 flats: dict, form_ids: list[str]) -> list[_Write]:
+                 flats: dict, form_ids: list[str]) -> list[Write]:
     writes = []
     items_by_path: dict[str, list[tuple[str, Item]]] = defaultdict(list)
     for form_id, flat in flats.items():
@@ -684,7 +684,7 @@ def _repeat_rows(catalog: Catalog, form_info: TableInfo, xmlns: str, domain: str
              else readable(p.rsplit("/", 1)[-1])) for p in paths))
         records = [((domain, form_id, item.key, item.parent_key, item.position), item.values)
                    for form_id, item in entries]
-        writes += _table_writes(info, form_ids, "form_id", [c for c, _ in REPEAT_FIXED],
+        writes += table_writes(info, form_ids, "form_id", [c for c, _ in REPEAT_FIXED],
                                 records, placed)
     return writes
 

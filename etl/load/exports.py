@@ -32,7 +32,7 @@ def write_export_tables(loader: "Loader", domain: str, batch: Batch, _: Any) -> 
         return
     catalog = loader.catalog
     catalog.ensure_loaded()
-    writes: list[bi._Write] = []
+    writes: list[bi.Write] = []
     by_export: dict[str, dict[str, dict]] = {}
     for (record,) in records:
         by_export.setdefault(record["export"], {})[record["form_id"]] = record  # last one wins
@@ -45,7 +45,7 @@ def write_export_tables(loader: "Loader", domain: str, batch: Batch, _: Any) -> 
             headers.update(dict.fromkeys(record["values"]))
         placed = catalog.columns(info, HEADER, name, ((h, _column(h)) for h in headers))
         rows = [((domain, form_id), _texts(r["values"])) for form_id, r in forms.items()]
-        writes += bi._table_writes(info, form_ids, "form_id", ["domain", "form_id"], rows, placed)
+        writes += bi.table_writes(info, form_ids, "form_id", ["domain", "form_id"], rows, placed)
         titles = {t for r in forms.values() for t in r["children"]}
         titles |= {source.split("#", 1)[1] for kind, source in catalog.tables
                    if kind == "export_table" and source.startswith(f"{name}#")}
@@ -61,10 +61,10 @@ def write_export_tables(loader: "Loader", domain: str, batch: Batch, _: Any) -> 
             placed = catalog.columns(child, HEADER, name, ((h, _column(h)) for h in headers))
             rows = [((domain, form_id, item["row_id"], item["parent_row_id"]),
                      _texts(item["values"])) for form_id, item in items]
-            writes += bi._table_writes(child, form_ids, "form_id",
+            writes += bi.table_writes(child, form_ids, "form_id",
                                        ["domain", "form_id", "row_id", "parent_row_id"], rows,
                                        placed)
-    bi._apply(catalog, domain, writes, batch.rejects)
+    bi.apply_writes(catalog, domain, writes, batch.rejects)
 
 
 def _texts(values: dict) -> dict[str, str | None]:

@@ -177,5 +177,5 @@ def _fixture(loader: "Loader", domain: str, worker: str, block: dict, batch: Bat
         values.append(flat)
     placed = catalog.columns(info, "fixture_field", tag, ((f, f.lstrip("@")) for f in fields))
     rows = [((domain, worker, n), v) for n, v in enumerate(values)]
-    bi._apply(catalog, domain, bi._table_writes(
+    bi.apply_writes(catalog, domain, bi.table_writes(
         info, [worker], "worker", ["domain", "worker", "position"], rows, placed), batch.rejects)
