@@ -137,6 +137,12 @@ class Settings(BaseSettings):
         45.0, ge=0, description="Give up this soon when HQ cannot be reached at all at the start.")
     retry_initial_wait: float = Field(2.0, ge=0)
     retry_max_wait: float = Field(120.0, ge=0)
+    max_concurrent_requests: int = Field(
+        4, ge=1, le=32, description="Requests to one project in flight at once: a long read is "
+                                    "split into indexed_on windows read side by side.")
+    max_requests_per_second: float = Field(
+        0.0, ge=0, description="Never start more requests to one project per second than this "
+                               "(0: no ceiling of our own; HQ's 429s still slow us down).")
 
     # --- Warehouse ---
     bi_tables: bool = Field(

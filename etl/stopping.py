@@ -31,5 +31,10 @@ def check() -> None:
         raise Interrupted(MESSAGE)
 
 
+def request() -> None:
+    """Ask every reader of this process to stop at its next safe point (as SIGTERM does)."""
+    _requested.set()
+
+
 def requested() -> bool:
     return _requested.is_set()

@@ -7,6 +7,7 @@ import queue
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator, TypeVar
@@ -21,7 +22,9 @@ from etl.errors import (AuthError, ConfigError, EtlError, ExitCode, Interrupted,
                         describe_failure)
 from etl.extract.client import HQClient, make_client
 from etl.extract.cursors import Cursor, IndexedOnCursor, SnapshotCursor
+from etl.extract import windows
 from etl.extract.streams import Page, Stream
+from etl.extract.windows import Window
 from etl.load.postgres import Loader
 from etl.parallel import run_parallel
 from etl.transform import Batch, transform_page
@@ -189,6 +192,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                                  raw, partition)
         stream: Stream | None = None
         progress: Progress | None = None
+        window_requests = 0
         try:
             # Inside the run: a source refusing its settings is a failed run, said in sync_runs.
             stream = source.stream(client, domain, settings, partition)
@@ -211,15 +215,27 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
             progress = Progress(f"{report.label} [{domain}]", settings.log_format)
             if source.target.listed:
                 loader.begin_listing(source.target)
-            rebuilt = loader.rebuild_pending(source.target, stream_name, domain)
+            rebuilt = 0 if is_window(partition) else loader.rebuild_pending(
+                source.target, stream_name, domain)
             if rebuilt:
                 log.info("%s %s [%s]: rewrote the BI rows of %d record(s) that had waited for "
                          "a new column", command, report.label, domain, rebuilt)
             # Fetching and transforming (pure) run a page ahead, in a thread, while this one
             # loads; loads stay strictly in order, one transaction per page.
+            pages = stream.pages(cursor)
+            planned: list[Window] = []
+            if start is None and not partition and command == "sync" and _windowed(stream, cursor):
+                planned, pages = _plan_windows(settings, warehouse, loader, source, stream, pages,
+                                               saved, report, place, cursor_extra, progress)
+            if planned:
+                progress.close()
+                window_requests, last = _read_windows(settings, warehouse, domain, stream_name,
+                                                      planned, report)
+                report.cursor = _finish_windows(warehouse, conn, domain, checkpoint_stream,
+                                                saved, last, len(planned), cursor_extra)
             transformed = ((page, transform_page(page.records, domain, source.transform,
                                                  page.needs_cleaning, source.id_key))
-                           for page in stream.pages(cursor))
+                           for page in pages)
             for page, batch in prefetch(transformed):
                 page.cursor = page.cursor.with_extra(cursor_extra)
                 _load(loader, source, page, batch, report, place, stream.requests_made)
@@ -253,11 +269,137 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                     describe_failure(exc), stream.requests_made if stream else 0)
             raise
         report.status = "ok"
-        report.requests = stream.requests_made
+        report.requests = stream.requests_made + window_requests
         report.seconds = time.monotonic() - started
-        _finish(warehouse, conn, run_id, "ok", None, stream.requests_made)
+        _finish(warehouse, conn, run_id, "ok", None, report.requests)
     log.info(report.summary(), extra={"counts": report.counts()})
     return report
+
+
+# --- a long read split into windows read side by side ------------------------------------
+
+WINDOW = "window:"  # the partition prefix of a window's checkpoint
+WINDOW_PAGES = 4  # a window holds at least this many full pages
+# Windows hide HQ's time to answer. When HQ answers a page faster than this, one reader (with
+# the next page fetched while this one loads) keeps the loader busy, and windows would only add
+# requests: the loads, not HQ, are then what takes the time.
+WINDOW_LATENCY = 0.25
+
+
+def is_window(partition: str) -> bool:
+    return partition.startswith(WINDOW)
+
+
+def _windowed(stream: Stream, cursor: Cursor) -> bool:
+    return (getattr(stream, "windowed", False) and isinstance(cursor, IndexedOnCursor)
+            and cursor.until is None)
+
+
+def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
+                  source: type[sources.Source], stream: Stream, pages: Iterator[Page],
+                  saved: Cursor, report: StreamReport, place: _Place, cursor_extra: dict,
+                  progress: Progress) -> tuple[list[Window], Iterator[Page]]:
+    """The windows to read side by side, and the pages still to read one by one (none when
+    there are windows). A plan saved by a run that did not finish is resumed. Otherwise the
+    first page is loaded by itself: HQ's count on it says whether the rest is long enough to
+    split, so a short read (a scheduled run) makes no request it would not make anyway, and
+    its answer time whether HQ is slow enough for windows to pay (WINDOW_LATENCY)."""
+    if saved.extra.get("windows"):
+        planned = [Window.parse(w) for w in saved.extra["windows"]]
+        log.info("sync %s [%s]: resuming the %d windows of indexed_on an unfinished run began",
+                 stream.name, place.domain, len(planned))
+        return planned, iter(())
+    if settings.max_concurrent_requests < 2:
+        return [], pages
+    asked = time.monotonic()
+    first = next(pages, None)
+    waited = time.monotonic() - asked
+    if first is None:
+        return [], pages
+    first.cursor = first.cursor.with_extra(cursor_extra)
+    batch = transform_page(first.records, place.domain, source.transform, first.needs_cleaning,
+                           source.id_key)
+    _load(loader, source, first, batch, report, place, stream.requests_made)
+    progress.advance(batch.records, first.total)
+    stopping.check()
+    after = first.cursor
+    rest = (first.total or 0) - len(first.records)
+    if (not isinstance(after, IndexedOnCursor) or after.tie is not None or after.indexed_on is None
+            or rest < 2 * WINDOW_PAGES * stream.page_size or waited < WINDOW_LATENCY):
+        return [], pages
+    pages.close()  # its next request would read what the windows read
+    planned = windows.plan(stream, after.indexed_on, rest,
+                           parts=2 * settings.max_concurrent_requests,
+                           min_records=WINDOW_PAGES * stream.page_size,
+                           concurrency=settings.max_concurrent_requests)
+    if len(planned) < 2:  # nothing to split (e.g. one busy millisecond): read on in turn
+        return [], stream.pages(after)
+    # Saved before any window starts: a crash from here on resumes these same windows.
+    state.save_checkpoint(loader.conn, warehouse.schema, place.domain, place.checkpoint_stream,
+                          after.with_extra({"windows": [w.to_json() for w in planned]}))
+    log.info("sync %s [%s]: about %d more records from %s on: reading them in %d windows, "
+             "up to %d at once", stream.name, place.domain, rest, after.describe(),
+             len(planned), settings.max_concurrent_requests)
+    return planned, iter(())
+
+
+def _read_windows(settings: Settings, warehouse: Warehouse, domain: str, stream_name: str,
+                  planned: list[Window], report: StreamReport) -> tuple[int, Cursor | None]:
+    """Read every window, each a run of its own with its own checkpoint, some at once; add
+    their counts to `report`. Raises the first failure once every window has stopped."""
+
+    def read(number: int, window: Window) -> StreamReport:
+        def resume(progress: Cursor) -> Cursor:  # a window's own checkpoint, else its start
+            if progress.extra.get("window") == number:
+                return progress
+            return IndexedOnCursor(window.start, None, window.end)
+
+        client = make_client(settings)
+        try:
+            return sync_stream(settings, warehouse, client, domain, stream_name,
+                               partition=f"{WINDOW}{number}", start=resume,
+                               cursor_extra={"window": number})
+        finally:
+            client.close()
+
+    at_once = max(1, min(settings.max_concurrent_requests, len(planned)))
+    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="window") as pool:
+        futures = [pool.submit(read, n, w) for n, w in enumerate(planned, 1)]
+        try:
+            wait(futures)
+        except BaseException:  # Ctrl-C: the windows stop after their page being loaded
+            stopping.request()
+            wait(futures)
+            raise
+    failures = [f.exception() for f in futures if f.exception() is not None]
+    requests = 0
+    for future in futures:
+        if future.exception() is None:
+            done = future.result()
+            for name in ("records", "inserted", "updated", "skipped_older", "rejected",
+                         "cleaned", "pages"):
+                setattr(report, name, getattr(report, name) + getattr(done, name))
+            requests += done.requests
+    if failures:
+        interrupted = [f for f in failures if isinstance(f, (Interrupted, KeyboardInterrupt))]
+        raise (interrupted or failures)[0]
+    return requests, futures[-1].result().cursor
+
+
+def _finish_windows(warehouse: Warehouse, conn: psycopg.Connection, domain: str,
+                    checkpoint_stream: str, saved: Cursor, last: Cursor | None, count: int,
+                    cursor_extra: dict) -> Cursor:
+    """Every window read: the stream's checkpoint moves to where the last (open-ended) one
+    ended and the windows' checkpoints go, in one transaction."""
+    extra = {k: v for k, v in saved.extra.items() if k not in ("windows", "window")}
+    position = last.indexed_on if isinstance(last, IndexedOnCursor) else None
+    done = IndexedOnCursor(position, extra={**extra, **cursor_extra})
+    with conn.transaction():
+        state.save_checkpoint(conn, warehouse.schema, domain, checkpoint_stream, done)
+        for number in range(1, count + 1):
+            state.delete_checkpoints(conn, warehouse.schema, domain, [checkpoint_stream],
+                                     f"{WINDOW}{number}")
+    return done
 
 
 @dataclass(frozen=True)

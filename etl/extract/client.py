@@ -27,6 +27,7 @@ from requests.adapters import HTTPAdapter
 from etl import __version__, jsonutil
 from etl.errors import (AuthError, HQError, HQNotFound, HQRequestRejected, HQUnreachable,
                         MalformedResponse)
+from etl.extract.throttle import RequestGate, shared_gate
 
 if TYPE_CHECKING:
     from etl.config import Settings
@@ -54,10 +55,12 @@ class _Retryable(Exception):
     or a machine without a route to HQ will not heal in 15 minutes.
     """
 
-    def __init__(self, message: str, retry_after: float | None = None, unreached: bool = False):
+    def __init__(self, message: str, retry_after: float | None = None, unreached: bool = False,
+                 throttled: bool = False):
         super().__init__(message)
         self.retry_after = retry_after
         self.unreached = unreached
+        self.throttled = throttled  # HQ's rate limit: fewer requests in flight from now on
 
 
 # HQ's API_BLACKLIST answers 401 with this, meaning "too many requests", not bad credentials.
@@ -119,6 +122,7 @@ class HQClient:
         retry_initial_wait: float = 2.0,
         retry_max_wait: float = 120.0,
         unreachable_max_seconds: float = 45.0,
+        gate: RequestGate | None = None,
     ):
         if auth not in AUTH_MODES:
             raise ValueError(f"unknown auth {auth!r}; choose from {AUTH_MODES}")
@@ -135,9 +139,12 @@ class HQClient:
         self.connect_timeout = min(timeout, 15.0)
         self.answered = False  # has HQ answered anything (any status) in this run?
         self.requests_made = 0
+        # Shared with the project's other readers: requests in flight and per second.
+        self.gate = gate or RequestGate()
         self.session = requests.Session()
-        self.session.mount("http://", HTTPAdapter(pool_connections=4, pool_maxsize=4))
-        self.session.mount("https://", HTTPAdapter(pool_connections=4, pool_maxsize=4))
+        pool = max(4, self.gate.max_in_flight)
+        self.session.mount("http://", HTTPAdapter(pool_connections=pool, pool_maxsize=pool))
+        self.session.mount("https://", HTTPAdapter(pool_connections=pool, pool_maxsize=pool))
         self.session.headers.update({"Accept": "application/json",
                                      "User-Agent": f"commcare-etl/{__version__}"})
         if auth == "apikey":
@@ -231,6 +238,19 @@ class HQClient:
     def _send(self, url: str, params: Mapping[str, Any] | None, *, read_body: bool = True,
               allow_redirects: bool = True, accept: tuple[int, ...] = ()) -> requests.Response:
         """One GET; raises what the status means unless it is 200 or in `accept`."""
+        with self.gate.request() as outcome:
+            try:
+                response = self._send_once(url, params, read_body=read_body,
+                                           allow_redirects=allow_redirects)
+            except _Retryable as exc:
+                if exc.throttled:
+                    outcome.throttle(exc.retry_after)
+                raise
+            outcome.answered = True
+        return self._check(response, accept)
+
+    def _send_once(self, url: str, params: Mapping[str, Any] | None, *, read_body: bool,
+                   allow_redirects: bool) -> requests.Response:
         self.requests_made += 1
         try:
             response = self.session.get(url, params=params, stream=True,
@@ -255,13 +275,20 @@ class HQClient:
                                  f"({type(exc).__name__})") from None
             except requests.RequestException as exc:
                 raise _Retryable(f"connection error: {exc}") from None
+        retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+        if status == 429:
+            raise _Retryable("HTTP 429", retry_after=retry_after, throttled=True)
+        if status == 401 and _THROTTLED_401.search(_error_text(response)):
+            raise _Retryable(f"HTTP 401, rate limited: {_error_text(response)}",
+                             retry_after=retry_after, throttled=True)
+        return response
+
+    def _check(self, response: requests.Response, accept: tuple[int, ...]) -> requests.Response:
+        status = response.status_code
         if status in accept:
             return response
         full_url = response.url
         retry_after = _parse_retry_after(response.headers.get("Retry-After"))
-        if status == 401 and _THROTTLED_401.search(_error_text(response)):
-            raise _Retryable(f"HTTP 401, rate limited: {_error_text(response)}",
-                             retry_after=retry_after)
         if status in (401, 403):
             raise self._auth_error(response, full_url)
         if status in RETRY_STATUSES or status >= 500:
@@ -364,4 +391,16 @@ def make_client(settings: "Settings", *, username: str | None = None, auth: str 
         login_hint=login_hint, timeout=settings.http_timeout,
         retry_max_seconds=settings.retry_max_seconds, retry_initial_wait=settings.retry_initial_wait, retry_max_wait=settings.retry_max_wait,
         unreachable_max_seconds=settings.unreachable_retry_seconds,
+        gate=project_gate(settings),
     )
+
+
+def project_gate(settings: "Settings") -> RequestGate:
+    """The gate of the project these settings name, shared in this process. Streams synced
+    side by side in processes (PARALLEL_STREAMS) split the ceiling between them."""
+    share = max(1, settings.parallel_streams)
+    domain = settings.commcare_domain[0] if settings.commcare_domain else ""
+    return shared_gate(settings.commcare_base_url, domain,
+                       max(1, settings.max_concurrent_requests // share) if share > 1
+                       else settings.max_concurrent_requests,
+                       settings.max_requests_per_second / share)

@@ -80,7 +80,8 @@ class IndexedOnStream(Stream):
     """
 
     tie_keys: ClassVar[tuple[str, ...]] = ()
-    tie_passes: ClassVar[int] = 4  # offset re-reads of a slice no key can split, at the most
+    tie_passes: ClassVar[int] = 4
+    windowed: ClassVar[bool] = True  # ranges of indexed_on can be read side by side  # offset re-reads of a slice no key can split, at the most
 
     def _params(self, start: datetime | None, end: datetime | None, *, order_by: str = "indexed_on",
                 bounds: dict[str, tuple[datetime, datetime]] | None = None, offset: int = 0,
@@ -108,6 +109,16 @@ class IndexedOnStream(Stream):
         if not isinstance(objects, list):
             raise HQError(f"HQ answered {doc.url} with 'objects' that is not a list", url=doc.url)
         return objects, body.get("meta") or {}, doc
+
+    def probe(self, start: datetime | None, end: datetime | None, *,
+              newest: bool = False) -> tuple[int, datetime | None]:
+        """One small request: HQ's count of records in [start, end], and the indexed_on of
+        the first of them (of the last, with `newest`); None when there are none."""
+        order_by = "-indexed_on" if newest else "indexed_on"
+        objects, meta, _ = self._fetch(self._params(start, end, order_by=order_by, limit=1))
+        total = meta.get("total_count")
+        stamp = _stamp(objects[0]) if objects else None
+        return (total if isinstance(total, int) else len(objects)), stamp
 
     def pages(self, cursor: IndexedOnCursor) -> Iterator[Page]:
         start, end = cursor.indexed_on, cursor.until

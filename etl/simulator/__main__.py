@@ -27,11 +27,15 @@ def main() -> None:
                              "its own way (default 3)")
     parser.add_argument("--rate-limit", action="store_true",
                         help="HQ's per-project API rate limit (429s)")
+    parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+                        help="answer every request (not /_sim/) this many seconds late, like "
+                             "a distant HQ (concurrent requests wait in parallel)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     serve(host=args.host, port=args.port, domain=args.domain, n_cases=args.cases,
           seed=args.seed, username=args.username, api_key=args.api_key, awkward=args.awkward,
-          replicas=args.replicas, rate_limit=args.rate_limit, password=args.password)
+          replicas=args.replicas, rate_limit=args.rate_limit, password=args.password,
+          latency=args.latency)
 
 
 if __name__ == "__main__":

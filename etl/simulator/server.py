@@ -124,6 +124,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(control.handle(sim, method, split.path, body, self.client_address[0]),
                        method)
             return
+        if sim.latency > 0:  # a far-away HQ: each request waits in its own thread
+            time.sleep(sim.latency)
         r = api.route(split.path)
         fault = sim.faults.take(r.resource if r else None)
         kind = fault.kind if fault else None
@@ -281,10 +283,11 @@ class HQSimulator:
     def __init__(self, datasets: Iterable[Dataset] = (),
                  users: Mapping[str, tuple[str, Iterable[str] | None]] | None = None,
                  host: str = "127.0.0.1", port: int = 0, seed: int = 0, replicas: int = DEFAULT_REPLICAS,
-                 rate_limit: bool = False):
+                 rate_limit: bool = False, latency: float = 0.0):
         """`replicas`: copies of the search index answering v0.5 lists (ties ordered
         differently on each; 1 keeps write order; default 3). `rate_limit`: HQ's per-project API rate
-        limit (see `set_rate_limit`)."""
+        limit (see `set_rate_limit`). `latency`: seconds every request (not the `/_sim/` control
+        API) waits before it is answered, like a distant HQ (see `set_latency`)."""
         self.store = Store(datasets, seed=seed, replicas=replicas)
         self.users: dict[str, tuple[str, Iterable[str] | None]] = {}
         self.web_passwords: dict[str, str] = dict(DEFAULT_PASSWORDS if users is None else {})
@@ -297,6 +300,8 @@ class HQSimulator:
         self.export_limit = exportapi.DEFAULT_LIMIT
         self.faults = FaultQueue()
         self.rate_limiter = RateLimiter(enabled=rate_limit)
+        self.latency = 0.0
+        self.set_latency(latency)
         self.host, self.port = host, port
         self._requests: list[RequestLog] = []
         self._requests_lock = threading.Lock()
@@ -672,28 +677,38 @@ class HQSimulator:
         Case API v2 with it. Re-configuring refills the buckets."""
         self.rate_limiter.configure(enabled, users, scale, retry_after_on_v05)
 
+    def set_latency(self, seconds: float) -> None:
+        """Answer every request (not the `/_sim/` control API) `seconds` late. The server is
+        threaded, so concurrent requests wait side by side, not one after another."""
+        seconds = float(seconds)
+        if not seconds >= 0:
+            raise ValueError("latency must be zero or more seconds")
+        self.latency = seconds
+
     def stats(self) -> dict:
         return {"domains": self.store.stats(), "clock": self.now().isoformat(),
                 "requests": len(self._requests), "faults_pending": len(self.faults.pending()),
                 "replicas": self.replicas, "reindexed_ids": self.reindexed_ids,
-                "rate_limit": self.rate_limiter.settings()}
+                "rate_limit": self.rate_limiter.settings(), "latency": self.latency}
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, domain: str = "demo", n_cases: int = 300,
           seed: int = 0, username: str = "demo@example.org", api_key: str = "demo-key",
           awkward: bool = False, replicas: int = DEFAULT_REPLICAS, rate_limit: bool = False,
-          password: str | None = None) -> None:
-    """Run a simulator in the foreground until Ctrl-C (`password`: also a web login)."""
+          password: str | None = None, latency: float = 0.0) -> None:
+    """Run a simulator in the foreground until Ctrl-C (`password`: also a web login;
+    `latency`: seconds each request waits before its answer)."""
     dataset = Dataset.generate(domain=domain, seed=seed, n_cases=n_cases, awkward=awkward)
     sim = HQSimulator([dataset], users={username: (api_key, None, password)}, host=host,
-                      port=port, replicas=replicas, rate_limit=rate_limit)
+                      port=port, replicas=replicas, rate_limit=rate_limit, latency=latency)
     sim.start()
     try:  # Ctrl-C may come as soon as the line is out (while logging still returns)
         log.info("HQ simulator: %s/a/%s/api/v0.5/case/ (%d cases, %d forms, %d index cop%s%s); "
                  "Authorization: ApiKey %s:%s%s; restore at /a/%s/phone/restore/ (mobile "
                  "workers chw1@%s.commcarehq.org... password 123); control API at %s/_sim/stats",
                  sim.base_url, domain, len(dataset.cases), len(dataset.forms), replicas,
-                 "y" if replicas == 1 else "ies", ", rate-limited" if rate_limit else "",
+                 "y" if replicas == 1 else "ies", (", rate-limited" if rate_limit else "")
+                 + (f", {latency:g}s latency" if latency else ""),
                  username, api_key, "" if password is None else " (or Basic/Digest with its "
                  "password, also on /reports/export/)", domain, domain, sim.base_url)
         threading.Event().wait()

@@ -1,0 +1,230 @@
+"""Concurrent indexed_on windows and the request gate: a long read split into windows read side
+by side against a slow HQ, each window with its own checkpoint; requests in flight and per
+second kept within MAX_CONCURRENT_REQUESTS and MAX_REQUESTS_PER_SECOND; 429s answered with
+fewer requests in flight."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from etl import sync
+from etl.errors import HQError
+from etl.extract.throttle import RequestGate
+from etl.extract.windows import Window, _join, _Range
+from etl.sync import make_client, run_sync, sync_stream
+from tests.conftest import make_settings
+from tests.matching import assert_cases_match, assert_forms_match
+
+
+def _list_requests(sim, resource: str) -> list:
+    return [r for r in sim.requests if r.resource == resource]
+
+
+def _most_at_once(requests) -> int:
+    """The most requests the simulator was answering at one moment."""
+    events = sorted([(r.at, 1) for r in requests] + [(r.at + r.seconds, -1) for r in requests],
+                    key=lambda e: (e[0], e[1]))
+    now = most = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def _checkpoints(db, schema: str) -> dict[tuple[str, str], dict]:
+    rows = db.execute(f'select stream, partition, cursor from "{schema}".sync_checkpoints')
+    return {(stream, partition): cursor for stream, partition, cursor in rows.fetchall()}
+
+
+@pytest.fixture
+def slow_sim(sim_factory):
+    # Slow enough for windows to pay (HQ slower than WINDOW_LATENCY), quick enough for a test.
+    return sim_factory(n_cases=1500, latency=sync.WINDOW_LATENCY + 0.05)
+
+
+def test_a_long_read_of_a_slow_hq_goes_in_windows_side_by_side(slow_sim, schema, pg_url,
+                                                               warehouse, db):
+    sim = slow_sim
+    settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100,
+                             form_page_size=100, max_concurrent_requests=3,
+                             streams=["cases", "forms"])
+    sim.clear_requests()
+    reports = run_sync(settings, warehouse)
+    assert [r.status for r in reports] == ["ok", "ok"], [r.error for r in reports]
+    assert_cases_match(db, schema, sim)
+    assert_forms_match(db, schema, sim)
+    for resource in ("case", "form"):
+        made = _list_requests(sim, resource)
+        repeats = [q for q, n in Counter(r.query for r in made).items() if n > 1]
+        assert not repeats, f"repeated requests: {repeats[:2]}"
+        assert 1 < _most_at_once(made) <= 3  # side by side, never more than allowed
+    runs = db.execute(f'select stream, partition, status from "{schema}".sync_runs').fetchall()
+    windows = [r for r in runs if r[1].startswith("window:")]
+    assert len({r[1] for r in windows if r[0] == "cases"}) >= 2
+    assert all(r[2] == "ok" for r in runs)
+    # Done: one checkpoint per stream, at the end, without the plan; the windows' are gone.
+    saved = _checkpoints(db, schema)
+    assert set(saved) == {("cases", ""), ("forms", "")}
+    assert all("windows" not in c and c["indexed_on"] for c in saved.values())
+    newest = max(r["indexed_on"] for r in sim.snapshot("demo", "case").values())
+    assert saved[("cases", "")]["indexed_on"][:23] == newest[:23]
+    # The stream's own summary counts every window's records.
+    assert reports[0].records >= 1500
+
+
+def test_a_window_that_fails_is_resumed_from_its_own_checkpoint(slow_sim, schema, pg_url,
+                                                                warehouse, db):
+    sim = slow_sim
+    settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100,
+                             max_concurrent_requests=3, retry_max_seconds=0.3)
+    sim.faults.add("500", count=10_000, resource="case", after=18)
+    with pytest.raises(HQError):
+        sync_stream(settings, warehouse, make_client(settings), "demo", "cases")
+    probes = [r for r in sim.requests if "limit=1&" in r.query + "&"]
+    assert len(probes) < 18 - 4  # the plan was made, and windows began loading
+    saved = _checkpoints(db, schema)
+    plan = saved[("cases", "")]["windows"]  # the plan outlives the failed run
+    assert len(plan) >= 2
+    assert any(p.startswith("window:") for _, p in saved)
+    sim.faults.clear()
+    sim.clear_requests()
+    report = sync_stream(settings, warehouse, make_client(settings), "demo", "cases")
+    assert report.status == "ok"
+    assert_cases_match(db, schema, sim)
+    # Resumed, not begun again: the windows read on from their checkpoints.
+    assert len(_list_requests(sim, "case")) < 1500 // 100
+    assert set(_checkpoints(db, schema)) == {("cases", "")}
+
+
+def test_a_fast_hq_or_one_request_at_a_time_reads_in_turn(sim_factory, schema, pg_url,
+                                                          warehouse, db):
+    sim = sim_factory(n_cases=1500)  # answers in milliseconds: the loads take the time
+    settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100)
+    sim.clear_requests()
+    assert sync_stream(settings, warehouse, make_client(settings), "demo", "cases").status == "ok"
+    assert _most_at_once(_list_requests(sim, "case")) == 1
+    assert not [r for r in db.execute(f'select partition from "{schema}".sync_runs').fetchall()
+                if r[0]]
+
+    db.execute(f'delete from "{schema}".sync_checkpoints')  # another server, read afresh
+    slow = sim_factory(n_cases=600, latency=sync.WINDOW_LATENCY + 0.05)
+    one = make_settings(slow.base_url, schema, pg_url, case_page_size=100,
+                        max_concurrent_requests=1)
+    slow.clear_requests()
+    assert sync_stream(one, warehouse, make_client(one), "demo", "cases").status == "ok"
+    assert _most_at_once(_list_requests(slow, "case")) == 1
+
+
+def test_windows_cut_on_whole_milliseconds_and_the_last_is_open():
+    t = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    ms = timedelta(milliseconds=1)
+    pieces = [_Range(t + i * 10 * ms, t + (i + 1) * 10 * ms, n)
+              for i, n in enumerate([50, 0, 50, 50, 10, 50, 5])]
+    windows = _join(pieces, t, target=100)
+    assert windows[0].start == t and windows[-1].end is None
+    for before, after in zip(windows, windows[1:]):
+        assert after.start.microsecond % 1000 == 0  # a whole millisecond
+        assert (after.start - before.end).microseconds == 1  # nothing between, no overlap
+    assert [Window.parse(w.to_json()) for w in windows] == windows
+
+
+# --- the gate ---------------------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_gate_halves_on_429_and_grows_back_one_at_a_time():
+    gate = RequestGate(8)
+    with gate.request() as outcome:
+        outcome.throttle(None)
+    assert gate.allowed == 4 and gate.throttled == 1
+    with gate.request() as outcome:
+        outcome.throttle(None)
+    assert gate.allowed == 2
+    for _ in range(2):
+        with gate.request() as outcome:
+            outcome.answered = True
+    assert gate.allowed == 3  # after as many successes as it allowed
+    for _ in range(30):
+        with gate.request() as outcome:
+            outcome.answered = True
+    assert gate.allowed == 8  # never above the setting
+
+
+def _enters(gate: RequestGate, clock: _Clock, move_to: float) -> tuple[bool, bool]:
+    """Whether a request enters the gate before, and after, the clock moves to `move_to`."""
+    entered = threading.Event()
+
+    def one():
+        with gate.request() as outcome:
+            entered.set()
+            outcome.answered = True
+
+    thread = threading.Thread(target=one, daemon=True)
+    thread.start()
+    before = entered.wait(0.3)
+    clock.now = move_to
+    after = entered.wait(3.0)
+    thread.join(3.0)
+    return before, after
+
+
+def test_the_gate_spaces_starts_and_holds_everyone_for_retry_after():
+    clock = _Clock()
+    gate = RequestGate(4, max_per_second=2.0, clock=clock)
+    with gate.request() as outcome:
+        outcome.answered = True
+    assert _enters(gate, clock, 0.5) == (False, True)  # 2 a second: one every half second
+    clock.now = 5.0
+    with gate.request() as outcome:
+        outcome.throttle(10.0)  # HQ: 429, Retry-After: 10
+    assert _enters(gate, clock, 15.0) == (False, True)  # nobody starts before then
+
+
+def test_the_gate_never_lets_more_in_flight_than_allowed():
+    gate = RequestGate(3)
+    inside, most, lock = [0], [0], threading.Lock()
+    release = threading.Event()
+
+    def one():
+        with gate.request() as outcome:
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            release.wait(0.2)
+            with lock:
+                inside[0] -= 1
+            outcome.answered = True
+
+    threads = [threading.Thread(target=one) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 3 and gate.peak_in_flight == 3
+
+
+def test_a_rate_ceiling_is_never_exceeded_and_429s_are_survived(sim_factory, schema, pg_url,
+                                                                warehouse, db):
+    sim = sim_factory(n_cases=1500, latency=sync.WINDOW_LATENCY + 0.05)
+    settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100,
+                             max_concurrent_requests=4, max_requests_per_second=8.0)
+    sim.faults.add("429", count=3, resource="case", after=3, retry_after=1)
+    sim.clear_requests()
+    client = make_client(settings)
+    assert sync_stream(settings, warehouse, client, "demo", "cases").status == "ok"
+    assert_cases_match(db, schema, sim)
+    starts = sorted(r.at for r in _list_requests(sim, "case"))
+    # In any one second, at most the ceiling (and the one that opens the next second).
+    assert max(sum(1 for s in starts if a <= s < a + 1.0) for a in starts) <= 9
+    assert client.gate.throttled == 3
