@@ -6,12 +6,16 @@ import logging
 from importlib import resources
 from pathlib import Path
 
+import re
+from typing import TYPE_CHECKING
+
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import Engine
 
 from etl.errors import ConfigError, EtlError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,9 @@ def check_connection(engine: Engine) -> None:
         ) from None
 
 
-def alembic_config(schema: str) -> Config:
+def alembic_config(schema: str) -> "Config":
+    from alembic.config import Config
+
     script_location = str(resources.files("etl.migrations"))
     cfg = Config()
     cfg.set_main_option("script_location", script_location)
@@ -101,8 +107,33 @@ def alembic_config(schema: str) -> Config:
     return cfg
 
 
+_MIGRATION = re.compile(r"(\d{4})_\w+\.py$")
+
+
+def head_revision() -> str:
+    """The newest migration's revision: migrations are named NNNN_<what>.py, with revision
+    "NNNN" (tests/test_db_migrations.py holds them to it)."""
+    versions = resources.files("etl.migrations") / "versions"
+    return max(m.group(1) for p in versions.iterdir() if (m := _MIGRATION.match(p.name)))
+
+
+def _at_head(engine: Engine, schema: str) -> bool:
+    try:
+        with engine.connect() as conn:
+            current = conn.execute(sa.text(
+                f'select version_num from "{schema}".alembic_version')).scalars().all()
+    except sa.exc.ProgrammingError:  # no schema or version table yet
+        return False
+    return current == [head_revision()]
+
+
 def migrate(engine: Engine, schema: str) -> None:
-    """Bring the warehouse schema up to date (idempotent, safe to run concurrently)."""
+    """Bring the warehouse schema up to date (idempotent, safe to run concurrently). An
+    up-to-date schema costs one query: alembic is only loaded when there is work for it."""
+    if _at_head(engine, schema):
+        return
+    from alembic import command
+
     cfg = alembic_config(schema)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn

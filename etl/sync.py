@@ -236,7 +236,9 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
             transformed = ((page, transform_page(page.records, domain, source.transform,
                                                  page.needs_cleaning, source.id_key))
                            for page in pages)
-            for page, batch in prefetch(transformed):
+            # Windows overlap each other's fetches and loads: a page ahead each would only
+            # hold more pages in memory.
+            for page, batch in (transformed if is_window(partition) else prefetch(transformed)):
                 page.cursor = page.cursor.with_extra(cursor_extra)
                 _load(loader, source, page, batch, report, place, stream.requests_made)
                 progress.advance(batch.records, page.total)

@@ -12,10 +12,12 @@ import logging
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 from etl import jsonutil
 from etl.transform import Batch
@@ -103,6 +105,64 @@ def guarded_ddl(conn: psycopg.Connection, statements: list[sql.Composable],
         return False
     finally:
         conn.execute("set local lock_timeout to default")
+
+
+# COPY in binary format for the columns of these types (oids): no text escaping on either side
+# and no re-parsing of timestamps; jsonb still goes as its text (version 1 of its format).
+_BINARY_TYPES = {"text": 25, "timestamptz": 1184, "boolean": 16, "integer": 23, "text[]": 1009,
+                 "jsonb": 3802}
+_BINARY_OIDS = frozenset(_BINARY_TYPES.values())
+
+
+class _JsonTextDumper(Dumper):
+    """jsonb in binary COPY: the JSON text the transforms made, behind the format's version."""
+
+    format = Format.BINARY
+    oid = _BINARY_TYPES["jsonb"]
+
+    def dump(self, obj: Any) -> bytes:
+        if type(obj) is not str:
+            raise TypeError(f"jsonb as text expected, got {type(obj).__name__}")
+        return b"\x01" + obj.encode()
+
+
+def binary_types(types: Iterable[str]) -> list[int] | None:
+    """The oids to COPY these column types in binary with, or None (text COPY) for a type
+    without a binary writer here."""
+    oids = [_BINARY_TYPES.get(t) for t in types]
+    return None if None in oids else oids
+
+
+def copy_rows(conn: psycopg.Connection, table: sql.Composable, columns: Iterable[str],
+              rows: Iterable[tuple], oids: list[int] | None = None) -> None:
+    """COPY `rows` into `table`: binary when `oids` gives each column's type, else text.
+
+    A value of another Python type than its column's (which text COPY would have converted)
+    fails the binary attempt on this side: it is rolled back to a savepoint and the rows go
+    again as text. Errors from the server (a value PostgreSQL refuses) are raised as ever."""
+    statement = sql.SQL("copy {} ({}) from stdin").format(
+        table, sql.SQL(", ").join(map(sql.Identifier, columns)))
+    if oids is not None and _BINARY_OIDS.issuperset(oids):
+        rows = rows if isinstance(rows, list) else list(rows)
+        try:
+            with conn.transaction():
+                _copy_binary(conn, statement, oids, rows)
+            return
+        except (TypeError, ValueError, OverflowError, AttributeError):
+            pass
+    with conn.cursor().copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _copy_binary(conn: psycopg.Connection, statement: sql.Composed, oids: list[int],
+                 rows: list[tuple]) -> None:
+    cursor = conn.cursor()
+    cursor.adapters.register_dumper(None, _JsonTextDumper)  # this cursor only, by oid only
+    with cursor.copy(statement + sql.SQL(" (format binary)")) as copy:
+        copy.set_types(oids)
+        for row in rows:
+            copy.write_row(row)
 
 
 @dataclass
@@ -364,10 +424,11 @@ def column_comment(path: str, label: str | None) -> str:
     return f"{label} ({path})" if label else path
 
 
-def _won_ids(conn: psycopg.Connection, table: str) -> set[str]:
-    """The ids of the page's records whose version the base upsert kept."""
+def _won_ids(conn: psycopg.Connection, table: str) -> dict[str, bool]:
+    """The ids of the page's records whose version the base upsert kept -> whether the base
+    row was inserted (new) rather than updated."""
     id_column = {"cases": "case_id", "forms": "form_id"}[table]
-    return {row[0] for row in conn.execute(sql.SQL("select {} from {}").format(
+    return {row[0]: row[1] for row in conn.execute(sql.SQL("select {}, inserted from {}").format(
         sql.Identifier(id_column), sql.Identifier(f"_won_{table}")))}
 
 
@@ -380,6 +441,7 @@ class Write:
     columns: list[str]
     rows: list[tuple]
     id_column: str
+    oids: list[int] | None = None  # each column's type, for a binary COPY (None: text)
 
 
 def table_writes(info: TableInfo, ids: list[str], id_column: str, fixed_columns: list[str],
@@ -392,6 +454,7 @@ def table_writes(info: TableInfo, ids: list[str], id_column: str, fixed_columns:
         if where:
             by_table[where[0]].append((path, where[1]))
     n_key = len(KEYS[info.kind])
+    types = {c: t.split()[0] for c, t in FIXED[info.kind]}
     writes = []
     for table in info.parts:
         dynamic = by_table.get(table, [])
@@ -406,75 +469,149 @@ def table_writes(info: TableInfo, ids: list[str], id_column: str, fixed_columns:
                 part = tuple(cell(values.get(p)) for p, _ in dynamic)
                 if any(v is not None for v in part):
                     rows.append(fixed[:n_key] + part)
-        writes.append(Write(table, ids, columns, rows, id_column))
+        writes.append(Write(table, ids, columns, rows, id_column,
+                            binary_types(types.get(c, "text") for c in columns)))
     return writes
 
 
-def _unparsed(catalog: Catalog, write: Write, domain: str) -> dict[str, int]:
+def _unparsed_sql(catalog: Catalog, column: tuple[str, str], value: sql.Composable
+                  ) -> sql.Composed:
+    """Whether `value` (of `column`, a (table, column)) does not parse as its question's type."""
+    func = catalog.typed[column[0]][column[1]]
+    return sql.SQL("nullif(btrim({0}), '') is not null and {1}.{2}({0}) is null").format(
+        value, sql.Identifier(catalog.schema), sql.Identifier(func))
+
+
+def _delete(catalog: Catalog, write: Write, domain: str, ids: list[str]) -> dict[str, int]:
+    """Remove what the table holds for `ids`; returns, per typed column, how many of the
+    removed values did not parse (counted in the same statement)."""
+    conn = catalog.conn
     casts = catalog.typed.get(write.table)
+    delete = sql.SQL("delete from {} where domain = %s and {} = any(%s)").format(
+        catalog.t(write.table), sql.Identifier(write.id_column))
     if not casts:
+        conn.execute(delete, (domain, ids))
         return {}
-    s = sql.Identifier(catalog.schema)
     names = sorted(casts)
-    counts = catalog.conn.execute(sql.SQL(
-        "select {} from {} where domain = %s and {} = any(%s)").format(
-        sql.SQL(", ").join(sql.SQL(
-            "count(*) filter (where nullif(btrim({0}), '') is not null and {1}.{2}({0}) is null)"
-        ).format(sql.Identifier(c), s, sql.Identifier(casts[c])) for c in names),
-        catalog.t(write.table), sql.Identifier(write.id_column)),
-        (domain, write.ids)).fetchone()
+    counts = conn.execute(sql.SQL("with gone as ({} returning {}) select {} from gone").format(
+        delete, sql.SQL(", ").join(map(sql.Identifier, names)),
+        sql.SQL(", ").join(sql.SQL("count(*) filter (where {})").format(
+            _unparsed_sql(catalog, (write.table, c), sql.Identifier(c))) for c in names)),
+        (domain, ids)).fetchone()
     return dict(zip(names, counts))
 
 
-def apply_writes(catalog: Catalog, domain: str, writes: list[Write], rejects: list) -> None:
+def _unparsed_written(catalog: Catalog, write: Write, rows: list[tuple]) -> dict[str, int]:
+    """Per typed column written, how many of the values in `rows` (the rows written) do not
+    parse: the same test as the typed views', on the same values, without reading them back."""
+    casts = catalog.typed.get(write.table)
+    if not casts:
+        return {}
+    values = {c: [row[n] for row in rows if row[n] is not None]
+              for n, c in enumerate(write.columns) if c in casts}
+    values = {c: v for c, v in values.items() if v}
+    if not values:
+        return {}
+    names = sorted(values)
+    counts = catalog.conn.execute(sql.SQL("select {}").format(sql.SQL(", ").join(
+        sql.SQL("(select count(*) from unnest(%s::text[]) v where {})").format(
+            _unparsed_sql(catalog, (write.table, c), sql.Identifier("v"))) for c in names)),
+        [values[c] for c in names]).fetchone()
+    return dict(zip(names, counts))
+
+
+def apply_writes(catalog: Catalog, domain: str, writes: list[Write], rejects: list,
+                 fresh: Iterable[str] = ()) -> None:
     """Write only once every table and column the page needs exists. A transaction then never
     holds row locks on a BI table while it waits for the DDL lock, and the holder of that lock
     never waits to ALTER a table such a transaction has written: no deadlock between runs.
 
     A row PostgreSQL refuses (too big, say) goes to dead_letters alone: its record stays in the
     base table and the rest of the page loads. Values that do not parse as their question's
-    type are counted as they are written, against what the replaced rows held."""
+    type are counted as they are written, against what the replaced rows held.
+
+    `fresh`: records whose base row this page inserted (see `replacing`)."""
+    unparsed, refused = replacing(catalog.conn, fresh,
+                                  lambda new: write_tables(catalog, domain, writes, new))
+    merge_unparsed(catalog, unparsed)
+    rejects.extend(refused)
+
+
+def replacing(conn: psycopg.Connection, fresh: Iterable[str], write: Callable[[set[str]], Any]
+              ) -> Any:
+    """`write(fresh)`, skipping the removal of old rows for the `fresh` records: those the
+    page's base upsert inserted, which have no BI rows (the base row and the BI rows are
+    written in one transaction, and a base row is never removed by the sync).
+
+    Should a fresh record still have rows (someone removed its base row by hand, leaving its
+    BI rows), its main table's primary key says so: the attempt is rolled back to a savepoint
+    and `write(set())` replaces every record's rows as before."""
+    fresh = set(fresh)
+    if not fresh:
+        return write(fresh)
+    try:
+        with conn.transaction():
+            return write(fresh)
+    except psycopg.errors.UniqueViolation:
+        log.info("records new to the base table had rows in the BI tables already: replacing "
+                 "them")
+        return write(set())
+
+
+def write_tables(catalog: Catalog, domain: str, writes: list[Write], fresh: set[str]
+                 ) -> tuple[dict[tuple[str, str], int], list]:
+    """Do the writes; returns the unparsed-value deltas and the refused rows (Rejects)."""
     conn = catalog.conn
+    unparsed: dict[tuple[str, str], int] = {}
+    refused: list = []
     for write in writes:
         catalog.written[write.table] = write.id_column
-        before = _unparsed(catalog, write, domain)
-        conn.execute(sql.SQL("delete from {} where domain = %s and {} = any(%s)").format(
-            catalog.t(write.table), sql.Identifier(write.id_column)), (domain, write.ids))
+        stale = [i for i in write.ids if i not in fresh] if fresh else write.ids
+        before = _delete(catalog, write, domain, stale) if stale else {}
+        written = write.rows
         if write.rows:
             try:
                 with conn.transaction():
                     _copy(catalog, write, write.rows)
             except (psycopg.errors.ProgramLimitExceeded, psycopg.errors.DataError):
-                _copy_one_by_one(catalog, write, rejects)
-        for column, count in _unparsed(catalog, write, domain).items():
-            delta = count - before.get(column, 0)
+                written = _copy_one_by_one(catalog, write, refused)
+        after = _unparsed_written(catalog, write, written)
+        for column in set(before) | set(after):
+            delta = after.get(column, 0) - before.get(column, 0)
             if delta:
                 key = (write.table, column)
-                catalog.unparsed[key] = catalog.unparsed.get(key, 0) + delta
+                unparsed[key] = unparsed.get(key, 0) + delta
+    return unparsed, refused
 
 
-def _copy(catalog: Catalog, write: Write, rows: list[tuple]) -> None:
-    with catalog.conn.cursor().copy(sql.SQL("copy {} ({}) from stdin").format(
-            catalog.t(write.table),
-            sql.SQL(", ").join(map(sql.Identifier, write.columns)))) as copy:
-        for row in rows:
-            copy.write_row(row)
+def merge_unparsed(catalog: Catalog, unparsed: dict[tuple[str, str], int]) -> None:
+    for key, delta in unparsed.items():
+        catalog.unparsed[key] = catalog.unparsed.get(key, 0) + delta
 
 
-def _copy_one_by_one(catalog: Catalog, write: Write, rejects: list) -> None:
+def _copy(catalog: Catalog, write: Write, rows: list[tuple], binary: bool = True) -> None:
+    copy_rows(catalog.conn, catalog.t(write.table), write.columns, rows,
+              write.oids if binary else None)
+
+
+def _copy_one_by_one(catalog: Catalog, write: Write, rejects: list) -> list[tuple]:
+    """Each row alone; the refused ones go to `rejects`. Returns the rows written."""
     from etl.transform import Reject
 
     id_at = write.columns.index(write.id_column)
+    written = []
     for row in write.rows:
         try:
             with catalog.conn.transaction():
-                _copy(catalog, write, [row])
+                _copy(catalog, write, [row], binary=False)
+            written.append(row)
         except (psycopg.errors.ProgramLimitExceeded, psycopg.errors.DataError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             rejects.append(Reject(
                 str(row[id_at]), f"BI table {write.table} refused the row ({reason}); the record "
                 f"is complete in the base table, not in {write.table}",
                 jsonutil.dumps_raw(dict(zip(write.columns, row)))))
+    return written
 
 
 def keep_statistics(conn: psycopg.Connection, schema: str, tables: dict[str, str]) -> list[str]:
@@ -582,7 +719,8 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
             (p, f"index_{p[6:]}") for p in paths if p.startswith("index/"))))
         writes += table_writes(info, [r.case_id for r in type_rows], "case_id", fixed_columns,
                                 records, placed)
-    apply_writes(catalog, domain, writes, batch.rejects)
+    apply_writes(catalog, domain, writes, batch.rejects,
+                 fresh=[case_id for case_id, inserted in won.items() if inserted])
 
 
 # --- forms ---------------------------------------------------------------------------------
@@ -602,9 +740,6 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
     catalog.ensure_loaded()
     rows = _newest([r for r in batch.rows.get("forms", []) if r.form_id in won], "form_id")
     won_ids = list(rows)
-    catalog.conn.execute(sql.SQL(
-        "delete from {}.form_case_actions where domain = %s and form_id = any(%s)").format(
-        sql.Identifier(schema)), (domain, won_ids))
     actions = []
     writes: list[Write] = []
     by_xmlns: dict[str, list] = defaultdict(list)
@@ -628,14 +763,29 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
         form_ids = [row.form_id for row in form_rows]
         writes += _form_rows(catalog, info, xmlns, form_rows, form_ids, flats)
         writes += _repeat_rows(catalog, info, xmlns, domain, flats, form_ids)
-    apply_writes(catalog, domain, writes, batch.rejects)
     catalog.written["form_case_actions"] = "form_id"
-    if actions:
-        with catalog.conn.cursor().copy(sql.SQL(
-                "copy {}.form_case_actions (domain, form_id, block, action, case_id, case_type, "
-                "properties, date_modified) from stdin").format(sql.Identifier(schema))) as copy:
-            for action_row in actions:
-                copy.write_row(action_row)
+
+    def write(fresh: set[str]) -> tuple[dict, list]:
+        stale = [i for i in won_ids if i not in fresh] if fresh else won_ids
+        if stale:
+            catalog.conn.execute(sql.SQL(
+                "delete from {}.form_case_actions where domain = %s and form_id = any(%s)"
+            ).format(sql.Identifier(schema)), (domain, stale))
+        written = write_tables(catalog, domain, writes, fresh)
+        if actions:
+            copy_rows(catalog.conn, catalog.t("form_case_actions"), _ACTION_COLUMNS, actions,
+                      _ACTION_OIDS)
+        return written
+
+    unparsed, refused = replacing(catalog.conn, [i for i in won_ids if won[i]], write)
+    merge_unparsed(catalog, unparsed)
+    batch.rejects.extend(refused)
+
+
+_ACTION_COLUMNS = ("domain", "form_id", "block", "action", "case_id", "case_type", "properties",
+                   "date_modified")
+# Text COPY: date_modified is HQ's text, parsed by PostgreSQL as it always was.
+_ACTION_OIDS = None
 
 
 def _catalogued_repeats(catalog: Catalog, xmlns: str) -> set[str]:

@@ -170,11 +170,21 @@ class Loader:
     bi: bool = True  # also write the per-case-type / per-form BI tables
     _staged: set[str] = field(default_factory=set)
     _catalog: bi.Catalog | None = None
+    _won: dict[str, bool] = field(default_factory=dict)  # this page's upsert: id -> inserted
+    _types: dict[str, list[int | None]] = field(default_factory=dict)  # table -> column oids
 
     ddl_lock_timeout: float = DEFAULT_DDL_LOCK_TIMEOUT
     # Base columns this source does not know (Case API v2 lacks five of v0.5's): an update
     # keeps what the table has instead of writing NULL over it.
     keep: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # New jsonb values (a form is KBs) compressed with lz4 rather than pglz: several times
+        # cheaper to write, as cheap to read, and read back the same by every client. Where the
+        # server was built without lz4, values stay pglz.
+        if self.conn.execute("select 'lz4' = any(enumvals) from pg_settings "
+                             "where name = 'default_toast_compression'").fetchone() == (True,):
+            self.conn.execute("select set_config('default_toast_compression', 'lz4', false)")
 
     @property
     def catalog(self) -> bi.Catalog:
@@ -273,11 +283,20 @@ class Loader:
         return stage
 
     def _copy(self, stage: sql.Composable, spec: TableSpec, rows: list[tuple]) -> None:
-        columns = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
-        with self.conn.cursor().copy(
-                sql.SQL("copy {} ({}) from stdin").format(stage, columns)) as copy:
-            for row in rows:
-                copy.write_row(row)
+        bi.copy_rows(self.conn, stage, spec.columns, rows, self._oids(spec))
+
+    def _oids(self, spec: TableSpec) -> list[int] | None:
+        """The column types of a table whose rows the transforms make with Python values of
+        those types (cases, case_indices, forms): its COPY can be binary."""
+        if spec.name not in _ROW_TYPES:
+            return None
+        if spec.name not in self._types:
+            types = dict(self.conn.execute(
+                "select a.attname, a.atttypid::int from pg_attribute a where a.attrelid = "
+                "%s::regclass and a.attnum > 0 and not a.attisdropped",
+                (f'"{self.schema}"."{spec.name}"',)).fetchall())
+            self._types[spec.name] = [types.get(c) for c in spec.columns]
+        return self._types[spec.name]
 
     def load_page(self, *, stream: str, target: Target, domain: str, batch: Batch,
                   cursor: Cursor | dict, run_id: int | None, source_url: str = "",
@@ -338,7 +357,8 @@ class Loader:
                 result.skipped_older = len({r[:len(target.main.key)] for r in main_rows}) - (
                     result.inserted + result.updated)
                 for child in target.children:
-                    self._replace_children(target.main, child, batch.rows.get(child.name, []))
+                    self._replace_children(target.main, child, batch.rows.get(child.name, []),
+                                           domain)
                 if target.after:
                     target.after(self, domain, batch, context)
             if target.listed:
@@ -472,20 +492,21 @@ class Loader:
                 on conflict ({key}) do update set {updates}
                 where coalesce(excluded.{version}, '-infinity') >= coalesce(t.{version}, '-infinity')
                 returning {tkey}, (xmax = 0) as inserted
+            ), won as (
+                insert into {won} select * from up
             )
-            insert into {won} select * from up
+            select {id}, inserted from up
         """).format(
             table=self._table(spec.name), cols=sql.SQL(", ").join(cols),
             key=sql.SQL(", ").join(key), stage=stage, version=version,
             updates=sql.SQL(", ").join(updates),
             tkey=sql.SQL(", ").join(sql.SQL("t.{}").format(k) for k in key),
-            won=sql.Identifier(f"_won_{spec.name}"),
+            won=sql.Identifier(f"_won_{spec.name}"), id=key[-1],
         )
-        self.conn.execute(query)
-        inserted, updated = self.conn.execute(sql.SQL(
-            "select count(*) filter (where inserted), count(*) filter (where not inserted) "
-            "from {}").format(sql.Identifier(f"_won_{spec.name}"))).fetchone()
-        return inserted, updated
+        # The records written (-> whether new): all of one domain, the loader's.
+        self._won = dict(self.conn.execute(query).fetchall())
+        inserted = sum(self._won.values())
+        return inserted, len(self._won) - inserted
 
     def _fill_kept(self, spec: TableSpec, batch: Batch) -> None:
         """The BI tables copy the base row: give them the kept values, not the source's NULLs."""
@@ -501,22 +522,33 @@ class Loader:
             if values is not None:
                 rows[n] = row._replace(**dict(zip(self.keep, values)))
 
-    def _replace_children(self, parent: TableSpec, spec: TableSpec, rows: list[tuple]) -> None:
+    def _replace_children(self, parent: TableSpec, spec: TableSpec, rows: list[tuple],
+                          domain: str) -> None:
+        """The children of every parent written become the page's: the old ones of updated
+        parents are removed (by index, `= any`); a parent the upsert inserted has none, unless
+        its base row was removed by hand, which the primary key reveals (see bi.replacing)."""
         won = sql.Identifier(f"_won_{parent.name}")
         match = sql.SQL(" and ").join(
             sql.SQL("c.{0} = w.{0}").format(sql.Identifier(k)) for k in parent.key)
-        self.conn.execute(sql.SQL("delete from {} c using {} w where {}").format(
-            self._table(spec.name), won, match))
-        if not rows:
-            return
-        stage = self._stage(spec)
-        self._copy(stage, spec, rows)
+        stage = self._stage(spec) if rows else None
+        if rows:
+            self._copy(stage, spec, rows)
         cols = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
         key = sql.SQL(", ").join(map(sql.Identifier, spec.key))
-        self.conn.execute(sql.SQL("""
-            insert into {table} ({cols})
-            select distinct on ({key}) {cols} from {stage} c
-            where exists (select 1 from {won} w where {match})
-            order by {key}
-        """).format(table=self._table(spec.name), cols=cols, key=key, stage=stage, won=won,
-                    match=match))
+        delete = sql.SQL("delete from {} where domain = %s and {} = any(%s)").format(
+            self._table(spec.name), sql.Identifier(parent.key[1]))
+
+        def write(fresh: set[str]) -> None:
+            stale = [i for i in self._won if i not in fresh] if fresh else list(self._won)
+            if stale:
+                self.conn.execute(delete, (domain, stale))
+            if rows:
+                self.conn.execute(sql.SQL("""
+                    insert into {table} ({cols})
+                    select distinct on ({key}) {cols} from {stage} c
+                    where exists (select 1 from {won} w where {match})
+                    order by {key}
+                """).format(table=self._table(spec.name), cols=cols, key=key, stage=stage,
+                            won=won, match=match))
+
+        bi.replacing(self.conn, [i for i, inserted in self._won.items() if inserted], write)
