@@ -230,7 +230,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
             if planned:
                 progress.close()
                 window_requests, last = _read_windows(settings, warehouse, domain, stream_name,
-                                                      planned, report)
+                                                      planned, report, stream.page_size)
                 report.cursor = _finish_windows(warehouse, conn, domain, checkpoint_stream,
                                                 saved, last, len(planned), cursor_extra)
             transformed = ((page, transform_page(page.records, domain, source.transform,
@@ -282,14 +282,21 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
 
 WINDOW = "window:"  # the partition prefix of a window's checkpoint
 WINDOW_PAGES = 4  # a window holds at least this many full pages
-# Windows hide HQ's time to answer. When HQ answers a page faster than this, one reader (with
-# the next page fetched while this one loads) keeps the loader busy, and windows would only add
-# requests: the loads, not HQ, are then what takes the time.
+# Windows read at once hold a page each: at most this many records in memory, whatever
+# MAX_CONCURRENT_REQUESTS says (2 windows of 5,000 cases, 4 of 1,000 forms at the defaults).
+WINDOW_RECORDS_AT_ONCE = 10_000
+# Windows hide HQ's time to answer. When HQ answers a page faster than this, or faster than
+# the page takes to load, one reader (the next page fetched while this one loads) keeps the
+# loader busy, and windows would only add requests: the loads, not HQ, take the time.
 WINDOW_LATENCY = 0.25
 
 
 def is_window(partition: str) -> bool:
     return partition.startswith(WINDOW)
+
+
+def windows_at_once(settings: Settings, page_size: int) -> int:
+    return max(1, min(settings.max_concurrent_requests, WINDOW_RECORDS_AT_ONCE // page_size))
 
 
 def _windowed(stream: Stream, cursor: Cursor) -> bool:
@@ -305,13 +312,15 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     there are windows). A plan saved by a run that did not finish is resumed. Otherwise the
     first page is loaded by itself: HQ's count on it says whether the rest is long enough to
     split, so a short read (a scheduled run) makes no request it would not make anyway, and
-    its answer time whether HQ is slow enough for windows to pay (WINDOW_LATENCY)."""
+    its answer time whether HQ is slow enough for windows to pay: slower than WINDOW_LATENCY
+    and than loading the page."""
     if saved.extra.get("windows"):
         planned = [Window.parse(w) for w in saved.extra["windows"]]
         log.info("sync %s [%s]: resuming the %d windows of indexed_on an unfinished run began",
                  stream.name, place.domain, len(planned))
         return planned, iter(())
-    if settings.max_concurrent_requests < 2:
+    at_once = windows_at_once(settings, stream.page_size)
+    if at_once < 2:
         return [], pages
     asked = time.monotonic()
     first = next(pages, None)
@@ -319,21 +328,22 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     if first is None:
         return [], pages
     first.cursor = first.cursor.with_extra(cursor_extra)
+    began = time.monotonic()
     batch = transform_page(first.records, place.domain, source.transform, first.needs_cleaning,
                            source.id_key)
     _load(loader, source, first, batch, report, place, stream.requests_made)
+    loaded = time.monotonic() - began
     progress.advance(batch.records, first.total)
     stopping.check()
     after = first.cursor
     rest = (first.total or 0) - len(first.records)
     if (not isinstance(after, IndexedOnCursor) or after.tie is not None or after.indexed_on is None
-            or rest < 2 * WINDOW_PAGES * stream.page_size or waited < WINDOW_LATENCY):
+            or rest < 2 * WINDOW_PAGES * stream.page_size
+            or waited < max(WINDOW_LATENCY, loaded)):
         return [], pages
     pages.close()  # its next request would read what the windows read
-    planned = windows.plan(stream, after.indexed_on, rest,
-                           parts=2 * settings.max_concurrent_requests,
-                           min_records=WINDOW_PAGES * stream.page_size,
-                           concurrency=settings.max_concurrent_requests)
+    planned = windows.plan(stream, after.indexed_on, rest, parts=2 * at_once,
+                           min_records=WINDOW_PAGES * stream.page_size, concurrency=at_once)
     if len(planned) < 2:  # nothing to split (e.g. one busy millisecond): read on in turn
         return [], stream.pages(after)
     # Saved before any window starts: a crash from here on resumes these same windows.
@@ -341,12 +351,13 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
                           after.with_extra({"windows": [w.to_json() for w in planned]}))
     log.info("sync %s [%s]: about %d more records from %s on: reading them in %d windows, "
              "up to %d at once", stream.name, place.domain, rest, after.describe(),
-             len(planned), settings.max_concurrent_requests)
+             len(planned), at_once)
     return planned, iter(())
 
 
 def _read_windows(settings: Settings, warehouse: Warehouse, domain: str, stream_name: str,
-                  planned: list[Window], report: StreamReport) -> tuple[int, Cursor | None]:
+                  planned: list[Window], report: StreamReport,
+                  page_size: int) -> tuple[int, Cursor | None]:
     """Read every window, each a run of its own with its own checkpoint, some at once; add
     their counts to `report`. Raises the first failure once every window has stopped."""
 
@@ -364,7 +375,7 @@ def _read_windows(settings: Settings, warehouse: Warehouse, domain: str, stream_
         finally:
             client.close()
 
-    at_once = max(1, min(settings.max_concurrent_requests, len(planned)))
+    at_once = max(1, min(windows_at_once(settings, page_size), len(planned)))
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="window") as pool:
         futures = [pool.submit(read, n, w) for n, w in enumerate(planned, 1)]
         try:

@@ -20,6 +20,9 @@ from tests.conftest import make_settings
 from tests.matching import assert_cases_match, assert_forms_match
 
 
+SLOW = sync.WINDOW_LATENCY + 0.35  # seconds per request
+
+
 def _list_requests(sim, resource: str) -> list:
     return [r for r in sim.requests if r.resource == resource]
 
@@ -42,8 +45,9 @@ def _checkpoints(db, schema: str) -> dict[tuple[str, str], dict]:
 
 @pytest.fixture
 def slow_sim(sim_factory):
-    # Slow enough for windows to pay (HQ slower than WINDOW_LATENCY), quick enough for a test.
-    return sim_factory(n_cases=1500, latency=sync.WINDOW_LATENCY + 0.05)
+    # Slow enough for windows to pay (HQ slower than WINDOW_LATENCY and than loading a page of
+    # 100), quick enough for a test.
+    return sim_factory(n_cases=1500, latency=SLOW)
 
 
 def test_a_long_read_of_a_slow_hq_goes_in_windows_side_by_side(slow_sim, schema, pg_url,
@@ -111,7 +115,7 @@ def test_a_fast_hq_or_one_request_at_a_time_reads_in_turn(sim_factory, schema, p
                 if r[0]]
 
     db.execute(f'delete from "{schema}".sync_checkpoints')  # another server, read afresh
-    slow = sim_factory(n_cases=600, latency=sync.WINDOW_LATENCY + 0.05)
+    slow = sim_factory(n_cases=600, latency=SLOW)
     one = make_settings(slow.base_url, schema, pg_url, case_page_size=100,
                         max_concurrent_requests=1)
     slow.clear_requests()
@@ -216,7 +220,7 @@ def test_the_gate_never_lets_more_in_flight_than_allowed():
 
 def test_a_rate_ceiling_is_never_exceeded_and_429s_are_survived(sim_factory, schema, pg_url,
                                                                 warehouse, db):
-    sim = sim_factory(n_cases=1500, latency=sync.WINDOW_LATENCY + 0.05)
+    sim = sim_factory(n_cases=1500, latency=SLOW)
     settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100,
                              max_concurrent_requests=4, max_requests_per_second=8.0)
     sim.faults.add("429", count=3, resource="case", after=3, retry_after=1)
