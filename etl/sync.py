@@ -281,7 +281,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
 # --- a long read split into windows read side by side ------------------------------------
 
 WINDOW = "window:"  # the partition prefix of a window's checkpoint
-WINDOW_PAGES = 4  # a window holds at least this many full pages
+WINDOW_PAGES = 2  # a window holds at least this many full pages
 # Windows read at once hold a page each: at most this many records in memory, whatever
 # MAX_CONCURRENT_REQUESTS says (2 windows of 5,000 cases, 4 of 1,000 forms at the defaults).
 WINDOW_RECORDS_AT_ONCE = 10_000
@@ -342,8 +342,9 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
             or waited < max(WINDOW_LATENCY, loaded)):
         return [], pages
     pages.close()  # its next request would read what the windows read
-    planned = windows.plan(stream, after.indexed_on, rest, parts=2 * at_once,
-                           min_records=WINDOW_PAGES * stream.page_size, concurrency=at_once)
+    planned = windows.plan(stream, after.indexed_on, rest, parts=at_once,
+                           min_records=WINDOW_PAGES * stream.page_size,
+                           concurrency=settings.max_concurrent_requests)
     if len(planned) < 2:  # nothing to split (e.g. one busy millisecond): read on in turn
         return [], stream.pages(after)
     # Saved before any window starts: a crash from here on resumes these same windows.

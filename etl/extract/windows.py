@@ -7,10 +7,11 @@ number of records, `[start, end]` each, inclusive, on whole milliseconds (so no 
 and no tie inside one, is split between two windows), and the windows are read at once, each
 with a checkpoint of its own.
 
-The plan costs a few one-record requests: HQ's `total_count` for a range is exact, so ranges
-are halved in time, and the halves counted, until each is small enough; then neighbours are
-joined into windows. Data that is bunched in time (a bulk import, a re-index) just takes a
-few more halvings there.
+The plan costs a few one-record requests, in two rounds (HQ's `total_count` for a range is
+exact): the newest record, then the count of each of a few equal slices of time, read at once;
+neighbouring slices are then joined into windows. Data bunched in time (a bulk import, a
+re-index) leaves one window bigger than the others; the windows are more than the readers, so
+the others still share the rest.
 """
 
 from __future__ import annotations
@@ -45,61 +46,34 @@ class _Range:
     start: datetime  # whole ms
     end: datetime  # exclusive, whole ms
     count: int
-    stuck: int = 0  # halvings in a row that split nothing off (one side empty or nearly)
-
-
-STUCK_SPLITS = 3  # a range is not halved again after this many halvings that split nothing
 
 
 def plan(stream: IndexedOnStream, start: datetime, total: int, *, parts: int,
-         min_records: int, concurrency: int = 1,
-         max_probes: int | None = None) -> list[Window]:
+         min_records: int, concurrency: int = 1, slices: int | None = None) -> list[Window]:
     """Windows from `start` on, holding about the same number of records each, the last one
     open-ended; `total` is HQ's count from `start` on. A single window when there are too
-    few records for splitting to pay, or they cannot be split."""
+    few records for splitting to pay, or they cannot be split.
+
+    Two rounds of requests whatever HQ's speed (with `concurrency` >= `slices`): the newest
+    record's `indexed_on`, then the count of each of `slices` (default 2 x `parts`) equal
+    slices of time up to it, all at once; neighbouring slices are joined into windows of about
+    `total / parts` records (at least `min_records`)."""
     if parts < 2 or total < 2 * min_records:
         return [Window(start, None)]
     _, newest = stream.probe(start, None, newest=True)
-    if newest is None or newest <= truncate_ms(start):
+    first = truncate_ms(start)
+    if newest is None or newest <= first:
         return [Window(start, None)]
-    target = max(min_records, math.ceil(total / parts))
-    pieces = [_Range(truncate_ms(start), newest + ONE_MS, total)]
-    probes, max_probes = 1, 2 * parts if max_probes is None else max_probes
+    end = newest + ONE_MS
+    step = max(ONE_MS, (end - first) / (slices or 2 * parts))
+    step -= step % ONE_MS
+    edges = [first + n * step for n in range(slices or 2 * parts) if first + n * step < end]
+    edges.append(end)
+    slices = list(zip(edges, edges[1:]))
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        while probes < max_probes:
-            big = [i for i, p in enumerate(pieces) if p.count > target
-                   and p.end - p.start > ONE_MS and p.stuck < STUCK_SPLITS]
-            if not big:
-                break
-            big = big[:max_probes - probes]
-            middles = [_middle(pieces[i]) for i in big]
-            answers = list(pool.map(lambda a: stream.probe(a[0], a[1] - ONE_US),
-                                    [(pieces[i].start, m) for i, m in zip(big, middles)]))
-            probes += len(big)
-            for i, middle, (left, first) in sorted(zip(big, middles, answers), reverse=True,
-                                                   key=lambda x: x[0]):
-                pieces[i:i + 1] = _halves(pieces[i], middle, left, first)
-    return _join(pieces, start, target)
-
-
-def _halves(piece: _Range, middle: datetime, left: int, first: datetime | None) -> list[_Range]:
-    """The piece split at `middle`, `left` records (the first at `first`) before it. Records
-    bunched in time (a bulk import, one busy millisecond) split nothing off a few times in a
-    row; then the piece is left whole."""
-    left = min(left, piece.count)  # counts taken a moment apart may disagree a little
-    right = piece.count - left
-    begin = max(piece.start, first) if first is not None else piece.start
-    if not left:
-        return [_Range(middle, piece.end, right, piece.stuck + 1)]
-    if not right:
-        return [_Range(begin, middle, left, piece.stuck + 1)]
-    stuck = piece.stuck + 1 if min(left, right) < piece.count / 20 else 0
-    return [_Range(begin, middle, left, stuck), _Range(middle, piece.end, right, stuck)]
-
-
-def _middle(piece: _Range) -> datetime:
-    half = (piece.end - piece.start) / 2
-    return piece.start + max(ONE_MS, half - half % ONE_MS)
+        counts = list(pool.map(lambda s: stream.probe(s[0], s[1] - ONE_US)[0], slices))
+    pieces = [_Range(lo, hi, n) for (lo, hi), n in zip(slices, counts)]
+    return _join(pieces, start, max(min_records, math.ceil(total / parts)))
 
 
 def _join(pieces: list[_Range], start: datetime, target: int) -> list[Window]:
@@ -108,7 +82,7 @@ def _join(pieces: list[_Range], start: datetime, target: int) -> list[Window]:
     cuts: list[datetime] = []
     held = 0
     for piece in pieces:
-        if held >= target and piece.count:
+        if held and held + piece.count / 2 > target:  # closer to the target without it
             cuts.append(piece.start)
             held = 0
         held += piece.count
