@@ -396,7 +396,12 @@ def _read_windows(settings: Settings, warehouse: Warehouse, domain: str, stream_
             requests += done.requests
     if failures:
         interrupted = [f for f in failures if isinstance(f, (Interrupted, KeyboardInterrupt))]
-        raise (interrupted or failures)[0]
+        raised = (interrupted or failures)[0]
+        for n, future in enumerate(futures, 1):  # the one raised is reported by the caller
+            if future.exception() not in (None, raised):
+                log.error("sync %s[%s%d] [%s] failed: %s", stream_name, WINDOW, n, domain,
+                          describe_failure(future.exception()))
+        raise raised
     return requests, futures[-1].result().cursor
 
 

@@ -81,7 +81,7 @@ def test_a_long_read_of_a_slow_hq_goes_in_windows_side_by_side(slow_sim, schema,
 
 
 def test_a_window_that_fails_is_resumed_from_its_own_checkpoint(slow_sim, schema, pg_url,
-                                                                warehouse, db):
+                                                                warehouse, db, caplog):
     sim = slow_sim
     settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100,
                              max_concurrent_requests=3, retry_max_seconds=0.3)
@@ -90,6 +90,9 @@ def test_a_window_that_fails_is_resumed_from_its_own_checkpoint(slow_sim, schema
         sync_stream(settings, warehouse, make_client(settings), "demo", "cases")
     probes = [r for r in sim.requests if "limit=1&" in r.query + "&"]
     assert len(probes) < 18 - 4  # the plan was made, and windows began loading
+    # Every window failed (HQ kept answering 500): one is raised, the others are said.
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len([m for m in logged if "cases[window:" in m and "failed" in m]) >= 1
     saved = _checkpoints(db, schema)
     plan = saved[("cases", "")]["windows"]  # the plan outlives the failed run
     assert len(plan) >= 2
