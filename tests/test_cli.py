@@ -127,11 +127,17 @@ def test_reset_waits_for_a_running_sync_then_forgets_the_checkpoint(sim, schema,
         assert quick.returncode == 4, quick.stderr
         proc = subprocess.Popen([sys.executable, "-m", "etl", "reset", "--resource", "cases",
                                  "--wait", "30"], env=env, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)
+        said = []
+        for line in proc.stderr:  # until it says it waits (or ends: the lock is bounded, 30 s)
+            said.append(line)
+            if "waiting" in line:
+                break
+        time.sleep(0.5)
         assert proc.poll() is None  # still waiting
     finally:
         holder.close()
-    _, stderr = proc.communicate(timeout=30)
+    _, rest = proc.communicate(timeout=30)
+    stderr = "".join(said) + rest
     assert proc.returncode == 0, stderr
     assert "waiting" in stderr
     left = db.execute(f"select count(*) from \"{schema}\".sync_checkpoints "
