@@ -9,9 +9,8 @@ with a checkpoint of its own.
 
 The plan costs a few one-record requests, in two rounds (HQ's `total_count` for a range is
 exact): the newest record, then the count of each of a few equal slices of time, read at once;
-neighbouring slices are then joined into windows. Data bunched in time (a bulk import, a
-re-index) leaves one window bigger than the others; the windows are more than the readers, so
-the others still share the rest.
+neighbouring slices are then joined into windows, one per reader. Data bunched in time (a
+bulk import, a re-index) inside one slice leaves that window bigger than the others.
 """
 
 from __future__ import annotations
@@ -44,19 +43,18 @@ class Window:
 @dataclass
 class _Range:
     start: datetime  # whole ms
-    end: datetime  # exclusive, whole ms
     count: int
 
 
 def plan(stream: IndexedOnStream, start: datetime, total: int, *, parts: int,
-         min_records: int, concurrency: int = 1, slices: int | None = None) -> list[Window]:
+         min_records: int, concurrency: int = 1) -> list[Window]:
     """Windows from `start` on, holding about the same number of records each, the last one
     open-ended; `total` is HQ's count from `start` on. A single window when there are too
     few records for splitting to pay, or they cannot be split.
 
-    Two rounds of requests whatever HQ's speed (with `concurrency` >= `slices`): the newest
-    record's `indexed_on`, then the count of each of `slices` (default 2 x `parts`) equal
-    slices of time up to it, all at once; neighbouring slices are joined into windows of about
+    Two rounds of requests whatever HQ's speed (with `concurrency` >= 2 x `parts`): the
+    newest record's `indexed_on`, then the count of each of 2 x `parts` equal slices of time
+    up to it, all at once; neighbouring slices are joined into windows of about
     `total / parts` records (at least `min_records`)."""
     if parts < 2 or total < 2 * min_records:
         return [Window(start, None)]
@@ -65,14 +63,13 @@ def plan(stream: IndexedOnStream, start: datetime, total: int, *, parts: int,
     if newest is None or newest <= first:
         return [Window(start, None)]
     end = newest + ONE_MS
-    step = max(ONE_MS, (end - first) / (slices or 2 * parts))
+    step = max(ONE_MS, (end - first) / (2 * parts))
     step -= step % ONE_MS
-    edges = [first + n * step for n in range(slices or 2 * parts) if first + n * step < end]
-    edges.append(end)
+    edges = [first + n * step for n in range(2 * parts) if first + n * step < end] + [end]
     slices = list(zip(edges, edges[1:]))
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         counts = list(pool.map(lambda s: stream.probe(s[0], s[1] - ONE_US)[0], slices))
-    pieces = [_Range(lo, hi, n) for (lo, hi), n in zip(slices, counts)]
+    pieces = [_Range(lo, n) for (lo, _), n in zip(slices, counts)]
     return _join(pieces, start, max(min_records, math.ceil(total / parts)))
 
 
