@@ -233,9 +233,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                                                       planned, report, stream.page_size)
                 report.cursor = _finish_windows(warehouse, conn, domain, checkpoint_stream,
                                                 saved, last, len(planned), cursor_extra)
-            transformed = ((page, transform_page(page.records, domain, source.transform,
-                                                 page.needs_cleaning, source.id_key))
-                           for page in pages)
+            transformed = ((page, _transformed(loader, source, page, domain)) for page in pages)
             # Windows overlap each other's fetches and loads: a page ahead each would only
             # hold more pages in memory.
             for page, batch in (transformed if is_window(partition) else prefetch(transformed)):
@@ -442,6 +440,13 @@ def _check_server(cursor: dict | None, server: str, domain: str, stream_name: st
             f"server's data. To read everything from {server} (warehouse rows are kept and "
             f"updated), run `commcare-etl reset --resource all --domain {domain}`; or set "
             f"COMMCARE_BASE_URL back to {saved}.")
+
+
+def _transformed(loader: Loader, source: type[sources.Source], page: Page, domain: str) -> Batch:
+    batch = transform_page(page.records, domain, source.transform, page.needs_cleaning,
+                           source.id_key)
+    loader.prepare(source.target, batch)
+    return batch
 
 
 def _load(loader: Loader, source: type[sources.Source], page: Page, batch: Batch,

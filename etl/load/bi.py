@@ -208,6 +208,7 @@ class Catalog:
     # Tables written (-> the column their rows are looked up by): this transaction, committed.
     written: dict[str, str] = field(default_factory=dict)
     wrote: dict[str, str] = field(default_factory=dict)
+    repeat_hints: dict[str, frozenset[str]] = field(default_factory=dict)  # see Loader
 
     def t(self, name: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(name))
@@ -455,19 +456,22 @@ def table_writes(info: TableInfo, ids: list[str], id_column: str, fixed_columns:
             by_table[where[0]].append((path, where[1]))
     n_key = len(KEYS[info.kind])
     types = {c: t.split()[0] for c, t in FIXED[info.kind]}
+    # Each value cleaned once; a missing path reads as None, which is what cell(None) gives.
+    cleaned = [(fixed, {p: cell(v) for p, v in values.items() if v})
+               for fixed, values in records]
     writes = []
     for table in info.parts:
         dynamic = by_table.get(table, [])
+        paths = [p for p, _ in dynamic]
         if table == info.name:
             columns = fixed_columns + [c for _, c in dynamic]
-            rows = [fixed + tuple(cell(values.get(p)) for p, _ in dynamic)
-                    for fixed, values in records]
+            rows = [fixed + tuple(map(values.get, paths)) for fixed, values in cleaned]
         else:
             columns = list(KEYS[info.kind]) + [c for _, c in dynamic]
             rows = []
-            for fixed, values in records:
-                part = tuple(cell(values.get(p)) for p, _ in dynamic)
-                if any(v is not None for v in part):
+            for fixed, values in cleaned:
+                part = tuple(map(values.get, paths))
+                if any(part):  # cleaned values are None or non-empty text
                     rows.append(fixed[:n_key] + part)
         writes.append(Write(table, ids, columns, rows, id_column,
                             binary_types(types.get(c, "text") for c in columns)))
@@ -747,12 +751,17 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
         by_xmlns[row.xmlns or "(no xmlns)"].append(row)
     for xmlns, form_rows in by_xmlns.items():
         catalogued = _catalogued_repeats(catalog, xmlns)
-        known_repeats = catalogued | {path for (x, path), (_, qtype) in catalog.labels.items()
-                                      if x == xmlns and qtype == "Repeat"}
+        known_repeats = frozenset(catalogued | {
+            path for (x, path), (_, qtype) in catalog.labels.items()
+            if x == xmlns and qtype == "Repeat"})
+        catalog.repeat_hints[xmlns] = known_repeats
         flats = {}
         for row in form_rows:
-            record = batch.sources[row.form_id]
-            flat = flatten_form(record.get("form") or {}, known_repeats)
+            ahead = batch.flats.get(row.form_id)
+            if ahead is not None and ahead[0] == known_repeats:
+                flat = ahead[1]
+            else:
+                flat = flatten_form(batch.sources[row.form_id].get("form") or {}, known_repeats)
             flats[row.form_id] = flat
             for position, action, case_id, case_type, props, modified in case_actions(flat.case_blocks):
                 actions.append((domain, row.form_id, position, action, case_id, case_type,
@@ -786,6 +795,16 @@ _ACTION_COLUMNS = ("domain", "form_id", "block", "action", "case_id", "case_type
                    "date_modified")
 # Text COPY: date_modified is HQ's text, parsed by PostgreSQL as it always was.
 _ACTION_OIDS = None
+
+
+def preflatten(hints: dict[str, frozenset[str]], batch: Batch) -> None:
+    """Flatten the page's forms ahead (Loader.prepare), each with the repeat paths its form
+    was last loaded with; a form not loaded yet is left to load_form_tables."""
+    for row in batch.rows.get("forms", []):
+        known = hints.get(row.xmlns or "(no xmlns)")
+        record = batch.sources.get(row.form_id)
+        if known is not None and record is not None:
+            batch.flats[row.form_id] = (known, flatten_form(record.get("form") or {}, known))
 
 
 def _catalogued_repeats(catalog: Catalog, xmlns: str) -> set[str]:

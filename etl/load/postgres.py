@@ -68,6 +68,8 @@ class Target:
     before: Hook | None = None
     after: Hook | None = None
     finished: Callable[["Loader", str], None] | None = None
+    # A page ahead, in the reading thread: pure work for `after` (see Loader.prepare).
+    prepare: Callable[["Loader", Batch], None] | None = None
 
 
 CASES = TableSpec("cases", CASE_COLUMNS, ("domain", "case_id"), "indexed_on")
@@ -104,6 +106,11 @@ def _form_tables(loader: "Loader", domain: str, batch: Batch, _: Any) -> None:
     if loader.bi:
         bi.load_form_tables(loader.catalog, loader.schema, domain, batch)
         loader.after_bi(FORMS, "forms", domain)
+
+
+def _prepare_form_tables(loader: "Loader", batch: Batch) -> None:
+    if loader.bi:
+        bi.preflatten(loader.repeat_hints, batch)
 
 
 def _app_labels(loader: "Loader", domain: str, batch: Batch, _: Any) -> None:
@@ -148,7 +155,7 @@ LOCATION_TYPES_TARGET = Target(listed=TableSpec("location_types", LOCATION_TYPE_
 CASES_TARGET = Target(CASES, (CASE_INDICES,), before=_case_types_before, after=_case_tables)
 EXPORTS_TARGET = Target(write=write_export_tables)
 RESTORE_TARGET = Target(write=write_restore)
-FORMS_TARGET = Target(FORMS, after=_form_tables)
+FORMS_TARGET = Target(FORMS, after=_form_tables, prepare=_prepare_form_tables)
 
 
 class _StillBusy(Exception):
@@ -177,6 +184,9 @@ class Loader:
     # Base columns this source does not know (Case API v2 lacks five of v0.5's): an update
     # keeps what the table has instead of writing NULL over it.
     keep: tuple[str, ...] = ()
+    # xmlns -> the repeat paths the last page of that form was flattened with; handed to the
+    # reading thread (read there with .get only), which flattens the next page ahead.
+    repeat_hints: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # New jsonb values (a form is KBs) compressed with lz4 rather than pglz: several times
@@ -189,8 +199,16 @@ class Loader:
     @property
     def catalog(self) -> bi.Catalog:
         if self._catalog is None:
-            self._catalog = bi.Catalog(self.conn, self.schema, lock_timeout=self.ddl_lock_timeout)
+            self._catalog = bi.Catalog(self.conn, self.schema, lock_timeout=self.ddl_lock_timeout,
+                                       repeat_hints=self.repeat_hints)
         return self._catalog
+
+    def prepare(self, target: Target, batch: Batch) -> None:
+        """Work for a page that needs neither the connection nor the catalog, done in the
+        reading thread while this one loads the page before: whatever it computes is checked
+        against the catalog when the page loads, and redone there if it no longer holds."""
+        if target.prepare:
+            target.prepare(self, batch)
 
     def after_bi(self, main: TableSpec, stream: str, domain: str) -> None:
         """In the page's transaction, behind its BI writes: count what did not parse, and
@@ -476,6 +494,8 @@ class Loader:
 
     def _upsert_main(self, spec: TableSpec, rows: list[tuple]) -> tuple[int, int]:
         stage = self._stage(spec)
+        if self._insert_new(spec, rows):
+            return len(rows), 0
         self._copy(stage, spec, rows)
         cols = [sql.Identifier(c) for c in spec.columns]
         key = [sql.Identifier(c) for c in spec.key]
@@ -507,6 +527,36 @@ class Loader:
         self._won = dict(self.conn.execute(query).fetchall())
         inserted = sum(self._won.values())
         return inserted, len(self._won) - inserted
+
+    def _insert_new(self, spec: TableSpec, rows: list[tuple]) -> bool:
+        """A page whose records are all new to the table (an initial sync, a backfill of
+        records never seen) is copied straight into it: its upsert would insert every row, at
+        the price of a second copy through the staging table and a sort. False, with nothing
+        written, when a record is there already, or is inserted meanwhile by another run (the
+        page then takes the upsert)."""
+        domain_column, id_column = spec.key
+        ids = [getattr(row, id_column) for row in rows]
+        domains = {getattr(row, domain_column) for row in rows}
+        if len(domains) != 1 or len(set(ids)) != len(ids):
+            return False
+        domain = domains.pop()
+        if self._any_there(spec, domain, ids):
+            return False
+        try:
+            with self.conn.transaction():
+                self._copy(self._table(spec.name), spec, rows)
+        except psycopg.errors.UniqueViolation:
+            return False
+        self.conn.execute(sql.SQL("insert into {} select %s, x, true from unnest(%s::text[]) x")
+                          .format(sql.Identifier(f"_won_{spec.name}")), (domain, ids))
+        self._won = dict.fromkeys(ids, True)
+        return True
+
+    def _any_there(self, spec: TableSpec, domain: str, ids: list[str]) -> bool:
+        return self.conn.execute(sql.SQL("select 1 from {} where {} = %s and {} = any(%s) limit 1")
+                                 .format(self._table(spec.name), sql.Identifier(spec.key[0]),
+                                         sql.Identifier(spec.key[1])), (domain, ids)
+                                 ).fetchone() is not None
 
     def _fill_kept(self, spec: TableSpec, batch: Batch) -> None:
         """The BI tables copy the base row: give them the kept values, not the source's NULLs."""

@@ -26,6 +26,8 @@ class Batch:
     records: int = 0
     # By id, what the BI tables are flattened from: a case's properties, a form's record.
     sources: dict[str, dict] = field(default_factory=dict)
+    # By form id, flattened a page ahead: (the repeat paths used, the flattened form).
+    flats: dict[str, tuple[frozenset[str], Any]] = field(default_factory=dict)
 
     def add(self, table: str, row: tuple) -> None:
         self.rows.setdefault(table, []).append(row)

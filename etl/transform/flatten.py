@@ -53,42 +53,49 @@ def _is_case_block(value: Any) -> bool:
 
 def flatten_form(form: dict, repeat_paths: set[str] | frozenset[str] = frozenset()) -> FlatForm:
     flat = FlatForm(root=Item("", None, 0))
-    _walk(form, [], flat.root, flat, repeat_paths, top=True)
+    _walk(form, "", flat.root, flat, repeat_paths, top=True)
     return flat
 
 
-def _walk(node: dict, path: list[str], item: Item, flat: FlatForm,
+def _walk(node: dict, prefix: str, item: Item, flat: FlatForm,
           repeat_paths: set[str] | frozenset[str], top: bool = False) -> None:
+    """`prefix`: the path of `node` followed by "/" ("" at the top)."""
+    values = item.values
     for key, value in node.items():
-        if key.startswith(("@", "#")) or (top and key == "meta"):
+        if key[:1] in ("@", "#") or (top and key == "meta"):
             continue
         if key == "case" and _is_case_block(value):
             flat.case_blocks.extend(value if isinstance(value, list) else [value])
             continue
-        child_path = [*path, key]
-        joined = "/".join(child_path)
-        if joined in repeat_paths and not isinstance(value, (dict, list)):
+        joined = prefix + key
+        repeat = joined in repeat_paths
+        if type(value) is str and not repeat:  # most questions
+            values[joined] = value
+            continue
+        is_list = isinstance(value, list)
+        is_dict = not is_list and isinstance(value, dict)
+        if repeat and not (is_dict or is_list):
             continue  # a repeat with no items
-        if isinstance(value, list) or (joined in repeat_paths and isinstance(value, dict)):
+        if is_list or (repeat and is_dict):
             items = flat.repeats.setdefault(joined, [])
-            for position, entry in enumerate(value if isinstance(value, list) else [value]):
+            for position, entry in enumerate(value if is_list else [value]):
                 row = Item(f"{item.key}.{position}" if item.key else str(position),
                            item.key, position)
                 items.append(row)
                 if isinstance(entry, dict):
-                    _walk(entry, child_path, row, flat, repeat_paths)
+                    _walk(entry, joined + "/", row, flat, repeat_paths)
                 else:
                     row.values[joined] = as_text(entry)
             continue
-        if isinstance(value, dict):
+        if is_dict:
             if "#text" in value:
-                item.values[joined] = as_text(value["#text"])
+                values[joined] = as_text(value["#text"])
             elif value:
-                _walk(value, child_path, item, flat, repeat_paths)
+                _walk(value, joined + "/", item, flat, repeat_paths)
             else:
-                item.values[joined] = None  # an empty element: a question left blank
+                values[joined] = None  # an empty element: a question left blank
             continue
-        item.values[joined] = as_text(value)
+        values[joined] = as_text(value)
 
 
 def case_actions(blocks: list[dict]) -> list[tuple[int, str, str, str | None, dict, Any]]:
