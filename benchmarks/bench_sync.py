@@ -219,10 +219,37 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None,
 def request_counts(sim: HQSimulator) -> tuple[int, dict[str, int]]:
     """Requests answered since the last call (then forgotten), and their count by
     "<resource> <status>"."""
+    count, statuses, _ = request_log(sim)
+    return count, statuses
+
+
+def request_log(sim: HQSimulator) -> tuple[int, dict[str, int], list]:
     log = sim.requests
     sim.clear_requests()
     counts = Counter(f"{r.resource or r.path} {r.status}" for r in log)
-    return len(log), dict(sorted(counts.items()))
+    return len(log), dict(sorted(counts.items())), log
+
+
+def hq_timing(log: list, ends: int = 10) -> dict[str, Any]:
+    """Per resource, over its first and its last `ends` requests: the median time HQ took to
+    answer (--latency included) and the median gap between one request's arrival and the
+    next's. Whether a run slows down because HQ does or because the client waits longer
+    between pages (its loads) shows here."""
+    by_resource: dict[str, list] = {}
+    for r in sorted(log, key=lambda r: r.at):
+        by_resource.setdefault(r.resource or r.path, []).append(r)
+    timing = {}
+    for resource, entries in by_resource.items():
+        if len(entries) < 2 * ends:
+            continue
+        gaps = [b.at - a.at for a, b in zip(entries, entries[1:])]
+        head, tail = entries[:ends], entries[-ends:]
+        timing[resource] = {
+            "answer_ms": {"first": round(1000 * statistics.median(e.seconds for e in head), 1),
+                          "last": round(1000 * statistics.median(e.seconds for e in tail), 1)},
+            "gap_s": {"first": round(statistics.median(gaps[:ends]), 3),
+                      "last": round(statistics.median(gaps[-ends:]), 3)}}
+    return timing
 
 
 ONE_AT_A_TIME = "etl-1-request"  # commcare-etl with MAX_CONCURRENT_REQUESTS=1
@@ -242,9 +269,9 @@ def run_etl(sim: HQSimulator, db_url: str, bi: bool, no_change: bool,
         run = run_child(cmd, env)
         if run["returncode"] != 0:
             raise SystemExit(f"sync failed:\n{run['stderr'][-3000:]}")
-        requests, statuses = request_counts(sim)
+        requests, statuses, log = request_log(sim)
         result = {"wall": run["wall"], "peak": run["peak"], "requests": requests,
-                  "request_statuses": statuses,
+                  "request_statuses": statuses, "hq_timing": hq_timing(log),
                   "streams": parse_etl_log(run["stderr_lines"])}
         if no_change:
             again = run_child(cmd, env)
@@ -340,7 +367,7 @@ def etl_line(run: int, size: dict[str, Any], bi: bool, latency: float,
             # parallel runs are measured fairly; records = the simulator's cases + forms.
             "records_per_s": round(size["records"] / r["wall"]),
             "sync_peak_rss_mb": round(r["peak"] / 2**20), "requests": r["requests"],
-            "request_statuses": r["request_statuses"]}
+            "request_statuses": r["request_statuses"], "hq_timing": r.get("hq_timing", {})}
     if "no_change" in r:
         line["no_change"] = r["no_change"]
     return line
@@ -421,6 +448,10 @@ def print_summary(size: dict[str, Any], bi: bool, latency: float,
                 last = w.get("last_30s", {}).get("records_per_s")
                 print(f"  {label}: first 30s {w['first_30s']['records_per_s']:,}/s, last "
                       f"window {'-' if last is None else f'{last:,}/s'} (last run)")
+        for resource, t in line.get("hq_timing", {}).items():
+            print(f"  {resource} requests: HQ answered in {t['answer_ms']['first']} ms (first "
+                  f"ten), {t['answer_ms']['last']} ms (last ten); {t['gap_s']['first']} s / "
+                  f"{t['gap_s']['last']} s between requests (last run)")
 
 
 def sizes_from(args: argparse.Namespace) -> list[tuple[int, int | None]]:

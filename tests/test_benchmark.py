@@ -218,3 +218,19 @@ def test_the_compare_mode_runs_both_tools_on_the_same_data(pg_url):
     assert other["tables"]["cases"]["rows"] == 200 and other["requests"] > 0
     assert etl["no_change"]["wall_s"] > 0 and other["no_change"]["wall_s"] > 0
     assert "speed ratio" in result.stdout
+
+
+def test_hq_timing_tells_a_slower_hq_from_a_slower_client():
+    """Per resource: HQ's answer time and the gap between requests, over the first and the
+    last ten requests, so a run that slows down says on which side."""
+    from etl.simulator.server import RequestLog
+
+    bench, _ = _bench_modules()
+    log = [RequestLog("GET", "/a/demo/api/v0.5/form/", "", 200, resource="form",
+                      seconds=0.01 if n < 15 else 0.05, at=100 + (n if n < 15 else 15 + 3 * (n - 15)))
+           for n in range(30)]
+    log.append(RequestLog("GET", "/a/demo/api/v0.5/case/", "", 200, resource="case", at=99.0))
+    timing = bench.hq_timing(list(reversed(log)))  # in arrival order whatever the log's order
+    assert set(timing) == {"form"}  # too few case requests to say anything
+    assert timing["form"] == {"answer_ms": {"first": 10.0, "last": 50.0},
+                              "gap_s": {"first": 1.0, "last": 3.0}}
