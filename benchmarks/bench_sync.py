@@ -248,7 +248,12 @@ def hq_timing(log: list, ends: int = 10) -> dict[str, Any]:
             "answer_ms": {"first": round(1000 * statistics.median(e.seconds for e in head), 1),
                           "last": round(1000 * statistics.median(e.seconds for e in tail), 1)},
             "gap_s": {"first": round(statistics.median(gaps[:ends]), 3),
-                      "last": round(statistics.median(gaps[-ends:]), 3)}}
+                      "last": round(statistics.median(gaps[-ends:]), 3),
+                      # pauses between stretches of pages (the longest, and all that are
+                      # over 3x the median gap, together)
+                      "max": round(max(gaps), 3),
+                      "in_pauses": round(sum(g for g in gaps
+                                             if g > 3 * statistics.median(gaps)), 1)}}
     return timing
 
 
@@ -451,7 +456,8 @@ def print_summary(size: dict[str, Any], bi: bool, latency: float,
         for resource, t in line.get("hq_timing", {}).items():
             print(f"  {resource} requests: HQ answered in {t['answer_ms']['first']} ms (first "
                   f"ten), {t['answer_ms']['last']} ms (last ten); {t['gap_s']['first']} s / "
-                  f"{t['gap_s']['last']} s between requests (last run)")
+                  f"{t['gap_s']['last']} s between requests; longest gap {t['gap_s']['max']} "
+                  f"s, {t['gap_s']['in_pauses']} s in gaps over 3x the median (last run)")
 
 
 def sizes_from(args: argparse.Namespace) -> list[tuple[int, int | None]]:

@@ -233,4 +233,10 @@ def test_hq_timing_tells_a_slower_hq_from_a_slower_client():
     timing = bench.hq_timing(list(reversed(log)))  # in arrival order whatever the log's order
     assert set(timing) == {"form"}  # too few case requests to say anything
     assert timing["form"] == {"answer_ms": {"first": 10.0, "last": 50.0},
-                              "gap_s": {"first": 1.0, "last": 3.0}}
+                              "gap_s": {"first": 1.0, "last": 3.0, "max": 3.0, "in_pauses": 0}}
+    import dataclasses
+
+    paused = [dataclasses.replace(r, at=r.at + 60) if r.resource == "form" and r.at >= 130
+              else r for r in log]  # a minute's pause before the 21st form request
+    assert bench.hq_timing(paused)["form"]["gap_s"] | {"first": None} == {
+        "first": None, "last": 3.0, "max": 63.0, "in_pauses": 63.0}

@@ -198,3 +198,32 @@ def test_a_new_page_copied_straight_in_takes_the_upsert_when_a_record_arrived_me
     assert (result.inserted, result.updated, result.skipped_older) == (0, 0, 1)
     assert db.execute(f'select case_id, properties->>\'v\' from "{schema}".cases order by 1'
                       ).fetchall() == [("a", "2"), ("b", "2")]
+
+
+def test_case_block_dates_that_do_not_parse_are_null_in_form_case_actions(db, schema):
+    """form_case_actions.date_modified is HQ's @date_modified as a timestamp; a value that is
+    no date (or HQ's 1900 placeholder) is NULL there, as in every BI table, and never stops
+    the page (the form keeps it in its jsonb)."""
+    def block(case_id, modified):
+        return {"@case_id": case_id, "@date_modified": modified,
+                "@xmlns": "http://commcarehq.org/case/transaction/v2",
+                "update": {"colour": "red"}}
+
+    form = {"id": "f1", "indexed_on": "2024-05-01T00:00:00Z", "archived": False,
+            "received_on": "2024-05-01T00:00:00Z", "app_id": "app",
+            "form": {"@xmlns": "http://x/blocks", "@name": "Blocks", "q": "1",
+                     "case": block("c1", "2024-04-30T10:05:00.123456Z"),
+                     "more": [{"case": block("c2", "not a date")},
+                              {"case": block("c3", "1900-01-01T00:00:00Z")}]}}
+    load(db, schema, [form], stream="forms")
+    rows = db.execute(f'select case_id, action, date_modified, properties->>\'colour\' '
+                      f'from "{schema}".form_case_actions order by case_id').fetchall()
+    assert [(c, a, p) for c, a, _, p in rows] == [("c1", "update", "red"),
+                                                  ("c2", "update", "red"),
+                                                  ("c3", "update", "red")]
+    from datetime import datetime, timezone
+
+    assert rows[0][2] == datetime(2024, 4, 30, 10, 5, 0, 123456, tzinfo=timezone.utc)
+    assert rows[1][2] is None and rows[2][2] is None
+    assert db.execute(f"select form->'more'->0->'case'->>'@date_modified' from \"{schema}\".forms"
+                      ).fetchone() == ("not a date",)

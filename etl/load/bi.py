@@ -20,6 +20,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
 from etl import jsonutil
+from etl.dates import parse_hq_datetime
 from etl.transform import Batch
 from etl.transform.cases import SPECIAL_PROPERTIES
 from etl.transform.flatten import Item, as_text, case_actions, flatten_form
@@ -765,7 +766,7 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
             flats[row.form_id] = flat
             for position, action, case_id, case_type, props, modified in case_actions(flat.case_blocks):
                 actions.append((domain, row.form_id, position, action, case_id, case_type,
-                                jsonutil.dumps(props), modified or None))
+                                jsonutil.dumps(props), parse_hq_datetime(modified)))
         name = (catalog.form_names.get(xmlns) or form_rows[0].form_name
                 or xmlns.rstrip("/").rsplit("/", 1)[-1])
         info = catalog.table("form", xmlns, readable_as=name, prefix="form_", label=name)
@@ -793,8 +794,10 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
 
 _ACTION_COLUMNS = ("domain", "form_id", "block", "action", "case_id", "case_type", "properties",
                    "date_modified")
-# Text COPY: date_modified is HQ's text, parsed by PostgreSQL as it always was.
-_ACTION_OIDS = None
+# Binary COPY, date_modified parsed here: a date HQ sent that does not parse (or its 1900
+# placeholder) is NULL, as in every BI table, instead of a COPY error that would stop the page.
+_ACTION_OIDS = [_BINARY_TYPES[t] for t in ("text", "text", "integer", "text", "text", "text",
+                                           "jsonb", "timestamptz")]
 
 
 def preflatten(hints: dict[str, frozenset[str]], batch: Batch) -> None:
