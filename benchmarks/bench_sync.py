@@ -234,7 +234,9 @@ def hq_timing(log: list, ends: int = 10) -> dict[str, Any]:
     """Per resource, over its first and its last `ends` requests: the median time HQ took to
     answer (--latency included) and the median gap between one request's arrival and the
     next's. Whether a run slows down because HQ does or because the client waits longer
-    between pages (its loads) shows here."""
+    between pages (its loads) shows here. A resource with fewer than 2 x `ends` requests is
+    left out; with windows, the requests of several readers interleave (and the planner's
+    counts are among the first), so the gaps are those of the resource, not of one reader."""
     by_resource: dict[str, list] = {}
     for r in sorted(log, key=lambda r: r.at):
         by_resource.setdefault(r.resource or r.path, []).append(r)
@@ -243,6 +245,7 @@ def hq_timing(log: list, ends: int = 10) -> dict[str, Any]:
         if len(entries) < 2 * ends:
             continue
         gaps = [b.at - a.at for a, b in zip(entries, entries[1:])]
+        pause = 3 * statistics.median(gaps)
         head, tail = entries[:ends], entries[-ends:]
         timing[resource] = {
             "answer_ms": {"first": round(1000 * statistics.median(e.seconds for e in head), 1),
@@ -252,8 +255,7 @@ def hq_timing(log: list, ends: int = 10) -> dict[str, Any]:
                       # pauses between stretches of pages (the longest, and all that are
                       # over 3x the median gap, together)
                       "max": round(max(gaps), 3),
-                      "in_pauses": round(sum(g for g in gaps
-                                             if g > 3 * statistics.median(gaps)), 1)}}
+                      "in_pauses": round(sum(g for g in gaps if g > pause), 1)}}
     return timing
 
 

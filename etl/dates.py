@@ -37,7 +37,10 @@ def parse_hq_datetime(value: object) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:00-05:00: past the last UTC datetime
+        return None
 
 
 def format_v05(moment: datetime) -> str:

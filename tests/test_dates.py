@@ -22,7 +22,8 @@ def test_every_hq_date_shape_parses_to_utc(text, expected):
     assert parse_hq_datetime(text) == expected
 
 
-@pytest.mark.parametrize("text", ["1900-01-01", "1900-01-01T00:00:00Z", "", None, "soon", "2024-13-45"])
+@pytest.mark.parametrize("text", ["1900-01-01", "1900-01-01T00:00:00Z", "", None, "soon", "2024-13-45",
+                                  "9999-12-31T23:00:00-05:00"])
 def test_placeholders_and_garbage_become_null(text):
     assert parse_hq_datetime(text) is None
 

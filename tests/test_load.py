@@ -202,28 +202,33 @@ def test_a_new_page_copied_straight_in_takes_the_upsert_when_a_record_arrived_me
 
 def test_case_block_dates_that_do_not_parse_are_null_in_form_case_actions(db, schema):
     """form_case_actions.date_modified is HQ's @date_modified as a timestamp; a value that is
-    no date (or HQ's 1900 placeholder) is NULL there, as in every BI table, and never stops
-    the page (the form keeps it in its jsonb)."""
+    no date (or HQ's 1900 placeholder, or past the last UTC date) is NULL there and never
+    stops the page (the form keeps it in its jsonb)."""
+    from datetime import datetime, timezone
+
     def block(case_id, modified):
         return {"@case_id": case_id, "@date_modified": modified,
                 "@xmlns": "http://commcarehq.org/case/transaction/v2",
                 "update": {"colour": "red"}}
 
+    first = block("c1", "2024-04-30T10:05:00.123456Z")
+    # A case type given as an element with an attribute: its text.
+    first["create"] = {"case_type": {"#text": "patient", "@src": "x"}, "case_name": "n"}
     form = {"id": "f1", "indexed_on": "2024-05-01T00:00:00Z", "archived": False,
             "received_on": "2024-05-01T00:00:00Z", "app_id": "app",
-            "form": {"@xmlns": "http://x/blocks", "@name": "Blocks", "q": "1",
-                     "case": block("c1", "2024-04-30T10:05:00.123456Z"),
+            "form": {"@xmlns": "http://x/blocks", "@name": "Blocks", "q": "1", "case": first,
                      "more": [{"case": block("c2", "not a date")},
-                              {"case": block("c3", "1900-01-01T00:00:00Z")}]}}
+                              {"case": block("c3", "1900-01-01T00:00:00Z")},
+                              {"case": block("c4", "9999-12-31T23:00:00-05:00")}]}}
     load(db, schema, [form], stream="forms")
-    rows = db.execute(f'select case_id, action, date_modified, properties->>\'colour\' '
-                      f'from "{schema}".form_case_actions order by case_id').fetchall()
-    assert [(c, a, p) for c, a, _, p in rows] == [("c1", "update", "red"),
-                                                  ("c2", "update", "red"),
-                                                  ("c3", "update", "red")]
-    from datetime import datetime, timezone
-
-    assert rows[0][2] == datetime(2024, 4, 30, 10, 5, 0, 123456, tzinfo=timezone.utc)
-    assert rows[1][2] is None and rows[2][2] is None
+    rows = db.execute(f"select case_id, date_modified, properties->>'colour' from "
+                      f"\"{schema}\".form_case_actions where action = 'update' order by case_id"
+                      ).fetchall()
+    assert [(c, p) for c, _, p in rows] == [("c1", "red"), ("c2", "red"), ("c3", "red"),
+                                            ("c4", "red")]
+    assert rows[0][1] == datetime(2024, 4, 30, 10, 5, 0, 123456, tzinfo=timezone.utc)
+    assert [r[1] for r in rows[1:]] == [None, None, None]
+    assert db.execute(f"select distinct case_type from \"{schema}\".form_case_actions "
+                      f"where case_id = 'c1'").fetchall() == [("patient",)]
     assert db.execute(f"select form->'more'->0->'case'->>'@date_modified' from \"{schema}\".forms"
                       ).fetchone() == ("not a date",)

@@ -755,7 +755,6 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
         known_repeats = frozenset(catalogued | {
             path for (x, path), (_, qtype) in catalog.labels.items()
             if x == xmlns and qtype == "Repeat"})
-        catalog.repeat_hints[xmlns] = known_repeats
         flats = {}
         for row in form_rows:
             ahead = batch.flats.get(row.form_id)
@@ -767,6 +766,10 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
             for position, action, case_id, case_type, props, modified in case_actions(flat.case_blocks):
                 actions.append((domain, row.form_id, position, action, case_id, case_type,
                                 jsonutil.dumps(props), parse_hq_datetime(modified)))
+        # For the page read ahead: the paths this page makes repeats of (each gets its table
+        # below), so that its forms are flattened as they will be loaded.
+        catalog.repeat_hints[xmlns] = known_repeats.union(
+            *(flat.repeats for flat in flats.values()))
         name = (catalog.form_names.get(xmlns) or form_rows[0].form_name
                 or xmlns.rstrip("/").rsplit("/", 1)[-1])
         info = catalog.table("form", xmlns, readable_as=name, prefix="form_", label=name)

@@ -1,4 +1,5 @@
-"""Load a page into PostgreSQL: COPY into staging, one upsert per table, one transaction.
+"""Load a page into PostgreSQL: COPY into staging and one upsert per table (a page of records
+all new to the table: COPY straight into it), one transaction.
 
 The page's rows, its dead letters, the run's counters and the stream's checkpoint commit
 together, so a crash at any moment leaves either the whole page loaded with its cursor saved,
@@ -542,6 +543,9 @@ class Loader:
         domain = domains.pop()
         if self._any_there(spec, domain, ids):
             return False
+        # In id order, as the upsert inserts: two runs copying the same new records (two
+        # windows, a backfill beside a sync) take their key locks in one order, not deadlock.
+        rows = sorted(rows, key=lambda row: getattr(row, id_column))
         try:
             with self.conn.transaction():
                 self._copy(self._table(spec.name), spec, rows)

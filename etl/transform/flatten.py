@@ -105,6 +105,9 @@ def case_actions(blocks: list[dict]) -> list[tuple[int, str, str, str | None, di
         case_id = str(block.get("@case_id") or "")
         create = block.get("create") if isinstance(block.get("create"), dict) else {}
         case_type = create.get("case_type")
+        if isinstance(case_type, dict):  # an element with attributes: its text
+            case_type = case_type.get("#text")
+        case_type = as_text(case_type)
         for action in CASE_ACTIONS:
             if action not in block:
                 continue
