@@ -239,10 +239,8 @@ class Loader:
             try:
                 with self.conn.transaction():
                     batch = self._batch_from_base(target, domain, ids)
-                    won = sql.Identifier(f"_won_{target.main.name}")
                     self._stage(target.main)
-                    self.conn.execute(sql.SQL("insert into {} select %s, x, false from unnest(%s::text[]) x")
-                                      .format(won), (domain, ids))
+                    self._mark_won(target.main, domain, ids, inserted=False)
                     if target.after:
                         target.after(self, domain, batch, {})
                     if self.catalog.deferred:  # still locked: try again next run
@@ -551,10 +549,14 @@ class Loader:
                 self._copy(self._table(spec.name), spec, rows)
         except psycopg.errors.UniqueViolation:
             return False
-        self.conn.execute(sql.SQL("insert into {} select %s, x, true from unnest(%s::text[]) x")
-                          .format(sql.Identifier(f"_won_{spec.name}")), (domain, ids))
+        self._mark_won(spec, domain, ids, inserted=True)
         self._won = dict.fromkeys(ids, True)
         return True
+
+    def _mark_won(self, spec: TableSpec, domain: str, ids: list[str], inserted: bool) -> None:
+        """Note `ids` in _won_<table> (the records this page wrote), as the upsert does."""
+        self.conn.execute(sql.SQL("insert into {} select %s, x, %s from unnest(%s::text[]) x")
+                          .format(sql.Identifier(f"_won_{spec.name}")), (domain, inserted, ids))
 
     def _any_there(self, spec: TableSpec, domain: str, ids: list[str]) -> bool:
         return self.conn.execute(sql.SQL("select 1 from {} where {} = %s and {} = any(%s) limit 1")
