@@ -327,8 +327,7 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
         return [], pages
     first.cursor = first.cursor.with_extra(cursor_extra)
     began = time.monotonic()
-    batch = transform_page(first.records, place.domain, source.transform, first.needs_cleaning,
-                           source.id_key)
+    batch = _transformed(loader, source, first, place.domain)
     _load(loader, source, first, batch, report, place, stream.requests_made)
     loaded = time.monotonic() - began
     progress.advance(batch.records, first.total)
