@@ -67,6 +67,15 @@ def delete_checkpoints(conn: psycopg.Connection, schema: str, domain: str,
     return cur.rowcount
 
 
+def delete_partitions(conn: psycopg.Connection, schema: str, domain: str, stream: str,
+                      prefix: str) -> int:
+    """Forget the stream's checkpoints of every partition whose name starts with `prefix`."""
+    cur = conn.execute(sql.SQL(
+        "delete from {} where domain = %s and stream = %s and starts_with(partition, %s)"
+    ).format(_t(schema, "sync_checkpoints")), (domain, stream, prefix))
+    return cur.rowcount
+
+
 def list_checkpoints(conn: psycopg.Connection, schema: str) -> list[tuple]:
     """(domain, stream, cursor, updated_at, partition), in that order."""
     return conn.execute(sql.SQL(

@@ -224,15 +224,15 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
             # loads; loads stay strictly in order, one transaction per page.
             pages = stream.pages(cursor)
             planned: list[Window] = []
-            if start is None and not partition and command == "sync" and _windowed(stream, cursor):
+            if not partition and command in WINDOWED_COMMANDS and _windowed(stream, cursor):
                 planned, pages = _plan_windows(settings, warehouse, loader, source, stream, pages,
-                                               saved, report, place, cursor_extra, progress)
+                                               cursor, report, place, cursor_extra, progress)
             if planned:
                 progress.close()
-                window_requests, last = _read_windows(settings, warehouse, domain, stream_name,
-                                                      planned, report, stream.page_size)
-                report.cursor = _finish_windows(warehouse, conn, domain, checkpoint_stream,
-                                                saved, last, len(planned), cursor_extra)
+                window_requests, last = _read_windows(settings, warehouse, place, planned,
+                                                      report, stream.page_size, cursor_extra)
+                report.cursor = _finish_windows(warehouse, conn, place, cursor, last,
+                                                cursor_extra)
             transformed = ((page, _transformed(loader, source, page, domain)) for page in pages)
             # Windows overlap each other's fetches and loads: a page ahead each would only
             # hold more pages in memory.
@@ -289,6 +289,9 @@ WINDOW_RECORDS_AT_ONCE = 10_000
 WINDOW_LATENCY = 0.25
 
 
+WINDOWED_COMMANDS = ("sync", "backfill")  # reads that are split into windows when long
+
+
 def is_window(partition: str) -> bool:
     return partition.startswith(WINDOW)
 
@@ -298,24 +301,23 @@ def windows_at_once(settings: Settings, page_size: int) -> int:
 
 
 def _windowed(stream: Stream, cursor: Cursor) -> bool:
-    return (getattr(stream, "windowed", False) and isinstance(cursor, IndexedOnCursor)
-            and cursor.until is None)
+    return getattr(stream, "windowed", False) and isinstance(cursor, IndexedOnCursor)
 
 
 def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
                   source: type[sources.Source], stream: Stream, pages: Iterator[Page],
-                  saved: Cursor, report: StreamReport, place: _Place, cursor_extra: dict,
-                  progress: Progress) -> tuple[list[Window], Iterator[Page]]:
+                  cursor: IndexedOnCursor, report: StreamReport, place: _Place,
+                  cursor_extra: dict, progress: Progress) -> tuple[list[Window], Iterator[Page]]:
     """The windows to read side by side, and the pages still to read one by one (none when
-    there are windows). A plan saved by a run that did not finish is resumed. Otherwise the
-    first page is loaded by itself: HQ's count on it says whether the rest is long enough to
-    split, so a short read (a scheduled run) makes no request it would not make anyway, and
-    its answer time whether HQ is slow enough for windows to pay: slower than WINDOW_LATENCY
-    and than loading the page."""
-    if saved.extra.get("windows"):
-        planned = [Window.parse(w) for w in saved.extra["windows"]]
-        log.info("sync %s [%s]: resuming the %d windows of indexed_on an unfinished run began",
-                 stream.name, place.domain, len(planned))
+    there are windows). A plan saved by a run that did not finish (in the cursor the run
+    starts from) is resumed. Otherwise the first page is loaded by itself: HQ's count on it
+    says whether the rest is long enough to split, so a short read (a scheduled run) makes no
+    request it would not make anyway, and its answer time whether HQ is slow enough for
+    windows to pay: slower than WINDOW_LATENCY and than loading the page."""
+    if cursor.extra.get("windows"):
+        planned = [Window.parse(w) for w in cursor.extra["windows"]]
+        log.info("%s %s [%s]: resuming the %d windows of indexed_on an unfinished run began",
+                 report.command, stream.name, place.domain, len(planned))
         return planned, iter(())
     at_once = windows_at_once(settings, stream.page_size)
     if at_once < 2:
@@ -341,23 +343,30 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     pages.close()  # its next request would read what the windows read
     planned = windows.plan(stream, after.indexed_on, rest, parts=at_once,
                            min_records=WINDOW_PAGES * stream.page_size,
-                           concurrency=settings.max_concurrent_requests)
+                           concurrency=settings.max_concurrent_requests, until=after.until)
     if len(planned) < 2:  # nothing to split (e.g. one busy millisecond): read on in turn
         return [], stream.pages(after)
-    # Saved before any window starts: a crash from here on resumes these same windows.
-    state.save_checkpoint(loader.conn, warehouse.schema, place.domain, place.checkpoint_stream,
-                          after.with_extra({"windows": [w.to_json() for w in planned]}))
-    log.info("sync %s [%s]: about %d more records from %s on: reading them in %d windows, "
-             "up to %d at once", stream.name, place.domain, rest, after.describe(),
-             len(planned), at_once)
+    # Saved before any window starts: a crash from here on resumes these same windows. The
+    # windows of an earlier plan (a backfill of another range that did not finish) go.
+    with loader.conn.transaction():
+        state.delete_partitions(loader.conn, warehouse.schema, place.domain,
+                                place.checkpoint_stream, WINDOW)
+        state.save_checkpoint(loader.conn, warehouse.schema, place.domain,
+                              place.checkpoint_stream,
+                              after.with_extra({"windows": [w.to_json() for w in planned]}))
+    log.info("%s %s [%s]: about %d more records from %s on: reading them in %d windows, "
+             "up to %d at once", report.command, stream.name, place.domain, rest,
+             after.describe(), len(planned), at_once)
     return planned, iter(())
 
 
-def _read_windows(settings: Settings, warehouse: Warehouse, domain: str, stream_name: str,
-                  planned: list[Window], report: StreamReport,
-                  page_size: int) -> tuple[int, Cursor | None]:
-    """Read every window, each a run of its own with its own checkpoint, some at once; add
-    their counts to `report`. Raises the first failure once every window has stopped."""
+def _read_windows(settings: Settings, warehouse: Warehouse, place: _Place,
+                  planned: list[Window], report: StreamReport, page_size: int,
+                  cursor_extra: dict) -> tuple[int, Cursor | None]:
+    """Read every window, each a run of its own (of the same command, under the same
+    checkpoint key) with its own checkpoint, some at once; add their counts to `report`.
+    Raises the first failure once every window has stopped."""
+    domain, stream_name = place.domain, place.stream
 
     def read(number: int, window: Window) -> StreamReport:
         def resume(progress: Cursor) -> Cursor:  # a window's own checkpoint, else its start
@@ -368,8 +377,9 @@ def _read_windows(settings: Settings, warehouse: Warehouse, domain: str, stream_
         client = make_client(settings)
         try:
             return sync_stream(settings, warehouse, client, domain, stream_name,
-                               partition=f"{WINDOW}{number}", start=resume,
-                               cursor_extra={"window": number})
+                               partition=f"{WINDOW}{number}", command=report.command,
+                               start=resume, checkpoint_stream=place.checkpoint_stream,
+                               cursor_extra={**cursor_extra, "window": number})
         finally:
             client.close()
 
@@ -396,25 +406,23 @@ def _read_windows(settings: Settings, warehouse: Warehouse, domain: str, stream_
         raised = (interrupted or failures)[0]
         for n, future in enumerate(futures, 1):  # the one raised is reported by the caller
             if future.exception() not in (None, raised):
-                log.error("sync %s[%s%d] [%s] failed: %s", stream_name, WINDOW, n, domain,
-                          describe_failure(future.exception()))
+                log.error("%s %s[%s%d] [%s] failed: %s", report.command, stream_name, WINDOW,
+                          n, domain, describe_failure(future.exception()))
         raise raised
     return requests, futures[-1].result().cursor
 
 
-def _finish_windows(warehouse: Warehouse, conn: psycopg.Connection, domain: str,
-                    checkpoint_stream: str, saved: Cursor, last: Cursor | None, count: int,
-                    cursor_extra: dict) -> Cursor:
-    """Every window read: the stream's checkpoint moves to where the last (open-ended) one
-    ended and the windows' checkpoints go, in one transaction."""
-    extra = {k: v for k, v in saved.extra.items() if k not in ("windows", "window")}
+def _finish_windows(warehouse: Warehouse, conn: psycopg.Connection, place: _Place,
+                    cursor: IndexedOnCursor, last: Cursor | None, cursor_extra: dict) -> Cursor:
+    """Every window read: the stream's checkpoint moves to where the last one ended (the end
+    of the read, for a backfill) and the windows' checkpoints go, in one transaction."""
+    extra = {k: v for k, v in cursor.extra.items() if k not in ("windows", "window")}
     position = last.indexed_on if isinstance(last, IndexedOnCursor) else None
-    done = IndexedOnCursor(position, extra={**extra, **cursor_extra})
+    done = IndexedOnCursor(position, None, cursor.until, extra={**extra, **cursor_extra})
     with conn.transaction():
-        state.save_checkpoint(conn, warehouse.schema, domain, checkpoint_stream, done)
-        for number in range(1, count + 1):
-            state.delete_checkpoints(conn, warehouse.schema, domain, [checkpoint_stream],
-                                     f"{WINDOW}{number}")
+        state.save_checkpoint(conn, warehouse.schema, place.domain, place.checkpoint_stream, done)
+        state.delete_partitions(conn, warehouse.schema, place.domain, place.checkpoint_stream,
+                                WINDOW)
     return done
 
 
@@ -450,6 +458,10 @@ def _transformed(loader: Loader, source: type[sources.Source], page: Page, domai
 
 def _load(loader: Loader, source: type[sources.Source], page: Page, batch: Batch,
           report: StreamReport, place: _Place, requests: int) -> None:
+    if report.pages == 0 and not is_window(place.partition):
+        advice = cache_advice(loader.conn, page.total)
+        if advice:
+            log.warning("%s %s [%s]: %s", report.command, report.label, place.domain, advice)
     result = loader.load_page(stream=place.stream, target=source.target,
                               domain=place.domain, batch=batch, cursor=page.cursor,
                               run_id=place.run_id, source_url=page.url,
@@ -469,6 +481,28 @@ def _load(loader: Loader, source: type[sources.Source], page: Page, batch: Batch
                     batch.rejects[0].reason)
     log.debug("%s [%s]: loaded page of %d (%s)", report.label, place.domain, batch.records,
               page.url)
+
+
+# A read this long makes the random-key indexes (HQ's ids) outgrow a small PostgreSQL cache.
+BIG_READ = 500_000
+SMALL_CACHE = 1 << 30  # bytes of shared_buffers
+
+
+def cache_advice(conn: psycopg.Connection, total: int | None) -> str | None:
+    """What to say when HQ has many records to read and PostgreSQL's shared buffers are small:
+    every record inserts into indexes on HQ's random ids, and once those outgrow the buffers
+    each page costs more than the last (a fifth to a quarter slower by the end of a 1M cases +
+    1.5M forms sync at the default 128 MB, measured in the benchmark)."""
+    if not total or total < BIG_READ:
+        return None
+    shown, size = conn.execute("select current_setting('shared_buffers'), "
+                               "pg_size_bytes(current_setting('shared_buffers'))").fetchone()
+    if size >= SMALL_CACHE:
+        return None
+    return (f"HQ has {total:,} records to read and PostgreSQL's shared_buffers is {shown}: the "
+            f"loads slow down as this stream's indexes outgrow it. For a first sync of this "
+            f"size, set shared_buffers to about a quarter of the database server's memory and "
+            f"restart it (README: Performance).")
 
 
 def _refresh_typed_views(loader: Loader) -> None:
@@ -639,7 +673,8 @@ def run_backfill(settings: Settings, warehouse: Warehouse, stream_name: str, dom
             log.info("backfill %s [%s]: resuming the unfinished backfill of this window",
                      stream_name, domain)
             return progress
-        return type(progress)(indexed_on=since, until=end, extra=progress.extra)
+        extra = {k: v for k, v in progress.extra.items() if k != "windows"}  # another range's
+        return type(progress)(indexed_on=since, until=end, extra=extra)
 
     client = make_client(settings)
     try:

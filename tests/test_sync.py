@@ -194,3 +194,24 @@ def test_the_apps_line_counts_apps_new_and_changed(sim, settings, warehouse):
     assert first.records >= 1 and first.inserted == first.records and first.updated == 0
     again = run_sync(settings, warehouse, streams=["apps"])[0]
     assert (again.records, again.inserted, again.updated) == (first.records, 0, 0)
+
+
+def test_a_long_read_into_small_shared_buffers_says_how_to_keep_it_fast(
+        sim, settings, warehouse, db, monkeypatch, caplog):
+    from etl import sync
+
+    buffers = db.execute("select pg_size_bytes(current_setting('shared_buffers'))").fetchone()[0]
+    monkeypatch.setattr(sync, "BIG_READ", 10)  # the simulator's few dozen records count as many
+    monkeypatch.setattr(sync, "SMALL_CACHE", buffers + 1)
+    caplog.set_level("WARNING", logger="etl.sync")
+    assert all(r.status == "ok" for r in run_sync(settings, warehouse))
+    advice = [r.getMessage() for r in caplog.records if "shared_buffers" in r.getMessage()]
+    assert len(advice) == 2, advice  # once for cases, once for forms
+    assert advice[0].startswith("sync cases [demo]: HQ has ")
+    assert all("a quarter of the database server's memory" in a for a in advice)
+
+    caplog.clear()  # buffers big enough: nothing to say
+    monkeypatch.setattr(sync, "SMALL_CACHE", buffers)
+    state.delete_checkpoints(db, warehouse.schema, "demo", ["cases", "forms"])
+    assert all(r.status == "ok" for r in run_sync(settings, warehouse))
+    assert not [r for r in caplog.records if "shared_buffers" in r.getMessage()]

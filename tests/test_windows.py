@@ -8,14 +8,16 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs
 
 import pytest
 
 from etl import sync
+from etl.dates import parse_hq_datetime
 from etl.errors import HQError
 from etl.extract.throttle import RequestGate
 from etl.extract.windows import Window, _join, _Range
-from etl.sync import make_client, run_sync, sync_stream
+from etl.sync import backfill_key, make_client, run_backfill, run_sync, sync_stream
 from tests.conftest import make_settings
 from tests.matching import assert_cases_match, assert_forms_match
 
@@ -235,3 +237,72 @@ def test_a_rate_ceiling_is_never_exceeded_and_429s_are_survived(sim_factory, sch
     # In any one second, at most the ceiling (and the one that opens the next second).
     assert max(sum(1 for s in starts if a <= s < a + 1.0) for a in starts) <= 9
     assert client.gate.throttled == 3
+
+
+def _backfilled(sim, db, schema: str, until: datetime) -> tuple[set, set]:
+    """The ids HQ holds up to `until`, and the ids the warehouse holds."""
+    wanted = {cid for cid, c in sim.snapshot("demo", "case").items()
+              if parse_hq_datetime(c["indexed_on"]) <= until}
+    held = {r[0] for r in db.execute(f'select case_id from "{schema}".cases').fetchall()}
+    return wanted, held
+
+
+def _case_stamps(sim) -> list[datetime]:
+    return sorted(parse_hq_datetime(c["indexed_on"]) for c in sim.snapshot("demo", "case").values())
+
+
+def test_a_long_backfill_of_a_slow_hq_goes_in_windows_and_stops_at_its_end(
+        slow_sim, schema, pg_url, warehouse, db):
+    sim = slow_sim
+    settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100,
+                             max_concurrent_requests=3)
+    until = _case_stamps(sim)[1100]
+    sim.clear_requests()
+    report = run_backfill(settings, warehouse, "cases", "demo", None, until)
+    assert report.status == "ok" and report.command == "backfill"
+    wanted, held = _backfilled(sim, db, schema, until)
+    assert held == wanted and report.records >= len(wanted)
+    made = _list_requests(sim, "case")
+    assert 1 < _most_at_once(made) <= 3
+    assert not [q for q, n in Counter(r.query for r in made).items() if n > 1]
+    ends = [parse_qs(r.query).get("indexed_on_end", [None])[0] for r in made]
+    assert None not in ends and max(map(parse_hq_datetime, ends)) <= until  # never past its end
+    runs = db.execute(f'select stream, partition, status from "{schema}".sync_runs').fetchall()
+    assert len({p for s, p, _ in runs if s == backfill_key("cases") and p.startswith("window:")}) >= 2
+    assert {status for *_, status in runs} == {"ok"}
+    assert _checkpoints(db, schema) == {}  # the sync checkpoint untouched, the backfill's gone
+
+
+def test_a_failed_backfill_resumes_its_windows_and_another_range_plans_afresh(
+        slow_sim, schema, pg_url, warehouse, db):
+    sim = slow_sim
+    settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100,
+                             max_concurrent_requests=3, retry_max_seconds=0.3)
+    stamps = _case_stamps(sim)
+    first, later = stamps[900], stamps[1400]
+    sim.faults.add("500", count=10_000, resource="case", after=12)
+    with pytest.raises(HQError):
+        run_backfill(settings, warehouse, "cases", "demo", None, first)
+    saved = _checkpoints(db, schema)
+    assert len(saved[(backfill_key("cases"), "")]["windows"]) >= 2
+    assert any(p.startswith("window:") for _, p in saved)
+    sim.faults.clear()
+
+    sim.clear_requests()  # the same backfill again: its windows go on where they stopped
+    assert run_backfill(settings, warehouse, "cases", "demo", None, first).status == "ok"
+    wanted, held = _backfilled(sim, db, schema, first)
+    assert held == wanted
+    assert len(_list_requests(sim, "case")) < 900 // 100
+    assert _checkpoints(db, schema) == {}
+
+    db.execute(f'delete from "{schema}".cases')
+    sim.faults.add("500", count=10_000, resource="case", after=12)
+    with pytest.raises(HQError):
+        run_backfill(settings, warehouse, "cases", "demo", None, first)
+    sim.faults.clear()
+    # Another range: the unfinished plan of the first (its last window ends at `first`) and
+    # its windows' checkpoints are not used for it.
+    assert run_backfill(settings, warehouse, "cases", "demo", None, later).status == "ok"
+    wanted, held = _backfilled(sim, db, schema, later)
+    assert held == wanted
+    assert _checkpoints(db, schema) == {}

@@ -47,22 +47,23 @@ class _Range:
 
 
 def plan(stream: IndexedOnStream, start: datetime, total: int, *, parts: int,
-         min_records: int, concurrency: int = 1) -> list[Window]:
+         min_records: int, concurrency: int = 1, until: datetime | None = None) -> list[Window]:
     """Windows from `start` on, holding about the same number of records each, the last one
-    open-ended; `total` is HQ's count from `start` on. A single window when there are too
-    few records for splitting to pay, or they cannot be split.
+    ending at `until` (a backfill's end), or open-ended; `total` is HQ's count from `start`
+    on. A single window when there are too few records for splitting to pay, or they cannot
+    be split.
 
     Two rounds of requests whatever HQ's speed (with `concurrency` >= 2 x `parts`): the
     newest record's `indexed_on`, then the count of each of 2 x `parts` equal slices of time
     up to it, all at once; neighbouring slices are joined into windows of about
     `total / parts` records (at least `min_records`)."""
     if parts < 2 or total < 2 * min_records:
-        return [Window(start, None)]
-    _, newest = stream.probe(start, None, newest=True)
+        return [Window(start, until)]
+    _, newest = stream.probe(start, until, newest=True)
     first = truncate_ms(start)
     if newest is None or newest <= first:
-        return [Window(start, None)]
-    end = newest + ONE_MS
+        return [Window(start, until)]
+    end = newest + ONE_MS if until is None else min(newest + ONE_MS, until + ONE_US)
     step = max(ONE_MS, (end - first) / (2 * parts))
     step -= step % ONE_MS
     edges = [first + n * step for n in range(2 * parts) if first + n * step < end] + [end]
@@ -70,12 +71,14 @@ def plan(stream: IndexedOnStream, start: datetime, total: int, *, parts: int,
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         counts = list(pool.map(lambda s: stream.probe(s[0], s[1] - ONE_US)[0], slices))
     pieces = [_Range(lo, n) for (lo, _), n in zip(slices, counts)]
-    return _join(pieces, start, max(min_records, math.ceil(total / parts)))
+    return _join(pieces, start, max(min_records, math.ceil(total / parts)), until)
 
 
-def _join(pieces: list[_Range], start: datetime, target: int) -> list[Window]:
+def _join(pieces: list[_Range], start: datetime, target: int,
+          until: datetime | None = None) -> list[Window]:
     """Neighbouring pieces joined into windows of about `target` records; the first window
-    starts at `start`, each ends 1 µs before the next begins, the last is open-ended."""
+    starts at `start`, each ends 1 µs before the next begins, the last at `until` (None:
+    open-ended)."""
     cuts: list[datetime] = []
     held = 0
     for piece in pieces:
@@ -85,5 +88,5 @@ def _join(pieces: list[_Range], start: datetime, target: int) -> list[Window]:
         held += piece.count
     if cuts and held < target / 2:  # a short tail joins the window before it
         cuts.pop()
-    return [Window(lo, hi - ONE_US if hi is not None else None)
+    return [Window(lo, hi - ONE_US if hi is not None else until)
             for lo, hi in zip([start, *cuts], [*cuts, None])]
