@@ -493,8 +493,9 @@ class Loader:
 
     def _upsert_main(self, spec: TableSpec, rows: list[tuple]) -> tuple[int, int]:
         stage = self._stage(spec)
-        if self._insert_new(spec, rows):
-            return len(rows), 0
+        rows, self._won = self._insert_new(spec, rows)
+        if not rows:
+            return len(self._won), 0
         self._copy(stage, spec, rows)
         cols = [sql.Identifier(c) for c in spec.columns]
         key = [sql.Identifier(c) for c in spec.key]
@@ -523,46 +524,52 @@ class Loader:
             won=sql.Identifier(f"_won_{spec.name}"), id=key[-1],
         )
         # The records written (-> whether new): all of one domain, the loader's.
-        self._won = dict(self.conn.execute(query).fetchall())
+        self._won.update(self.conn.execute(query).fetchall())
         inserted = sum(self._won.values())
         return inserted, len(self._won) - inserted
 
-    def _insert_new(self, spec: TableSpec, rows: list[tuple]) -> bool:
-        """A page whose records are all new to the table (an initial sync, a backfill of
-        records never seen) is copied straight into it: its upsert would insert every row, at
-        the price of a second copy through the staging table and a sort. False, with nothing
-        written, when a record is there already, or is inserted meanwhile by another run (the
-        page then takes the upsert)."""
+    def _insert_new(self, spec: TableSpec,
+                    rows: list[tuple]) -> tuple[list[tuple], dict[str, bool]]:
+        """The records of the page new to the table (all of them in an initial sync, but for
+        the one or two at the page's start that end the page before) are copied straight into
+        it: their upsert would insert them, at the price of a second copy through the staging
+        table and a sort. Returns the rows left for the upsert, and the ids copied. Nothing is
+        copied when the page holds an id twice, or when a new record is inserted meanwhile by
+        another run (the whole page then takes the upsert)."""
         domain_column, id_column = spec.key
         ids = [getattr(row, id_column) for row in rows]
         domains = {getattr(row, domain_column) for row in rows}
         if len(domains) != 1 or len(set(ids)) != len(ids):
-            return False
+            return rows, {}
         domain = domains.pop()
-        if self._any_there(spec, domain, ids):
-            return False
+        there = self._already_there(spec, domain, ids)
         # In id order, as the upsert inserts: two runs copying the same new records (two
         # windows, a backfill beside a sync) take their key locks in one order, not deadlock.
-        rows = sorted(rows, key=lambda row: getattr(row, id_column))
+        new = sorted((row for row in rows if getattr(row, id_column) not in there),
+                     key=lambda row: getattr(row, id_column))
+        if not new:
+            return rows, {}
         try:
             with self.conn.transaction():
-                self._copy(self._table(spec.name), spec, rows)
+                self._copy(self._table(spec.name), spec, new)
         except psycopg.errors.UniqueViolation:
-            return False
-        self._mark_won(spec, domain, ids, inserted=True)
-        self._won = dict.fromkeys(ids, True)
-        return True
+            return rows, {}
+        copied = [getattr(row, id_column) for row in new]
+        self._mark_won(spec, domain, copied, inserted=True)
+        left = [row for row in rows if getattr(row, id_column) in there]
+        return left, dict.fromkeys(copied, True)
 
     def _mark_won(self, spec: TableSpec, domain: str, ids: list[str], inserted: bool) -> None:
         """Note `ids` in _won_<table> (the records this page wrote), as the upsert does."""
         self.conn.execute(sql.SQL("insert into {} select %s, x, %s from unnest(%s::text[]) x")
                           .format(sql.Identifier(f"_won_{spec.name}")), (domain, inserted, ids))
 
-    def _any_there(self, spec: TableSpec, domain: str, ids: list[str]) -> bool:
-        return self.conn.execute(sql.SQL("select 1 from {} where {} = %s and {} = any(%s) limit 1")
-                                 .format(self._table(spec.name), sql.Identifier(spec.key[0]),
-                                         sql.Identifier(spec.key[1])), (domain, ids)
-                                 ).fetchone() is not None
+    def _already_there(self, spec: TableSpec, domain: str, ids: list[str]) -> set[str]:
+        id_column = sql.Identifier(spec.key[1])
+        return {r[0] for r in self.conn.execute(
+            sql.SQL("select {} from {} where {} = %s and {} = any(%s)").format(
+                id_column, self._table(spec.name), sql.Identifier(spec.key[0]), id_column),
+            (domain, ids))}
 
     def _fill_kept(self, spec: TableSpec, batch: Batch) -> None:
         """The BI tables copy the base row: give them the kept values, not the source's NULLs."""
