@@ -16,12 +16,12 @@ import psycopg
 
 from etl import runinfo, sources, state, stopping
 from etl.config import Settings
-from etl.dates import format_iso
+from etl.dates import format_iso, parse_hq_datetime
 from etl.db import Warehouse
 from etl.errors import (AuthError, ConfigError, EtlError, ExitCode, Interrupted,
                         describe_failure)
 from etl.extract.client import HQClient, make_client
-from etl.extract.cursors import Cursor, IndexedOnCursor, SnapshotCursor
+from etl.extract.cursors import Cursor, IndexedOnCursor, KeysetCursor, SnapshotCursor
 from etl.extract import windows
 from etl.extract.streams import Page, Stream
 from etl.extract.windows import Window
@@ -230,7 +230,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
             if planned:
                 progress.close()
                 window_requests, last = _read_windows(settings, warehouse, place, planned,
-                                                      report, stream.page_size, cursor_extra)
+                                                      report, stream, cursor_extra)
                 report.cursor = _finish_windows(warehouse, conn, place, cursor, last,
                                                 cursor_extra)
             transformed = ((page, _transformed(loader, source, page, domain)) for page in pages)
@@ -253,9 +253,9 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                 report.cursor = done
             if settings.bi_tables:
                 _refresh_typed_views(loader)
-            if forget_checkpoint_when_done:
+            if forget_checkpoint_when_done:  # and any window of a plan another range left
                 state.delete_checkpoints(conn, warehouse.schema, domain, [checkpoint_stream],
-                                         partition)
+                                         None if not partition else partition)
             progress.close()
         except BaseException as exc:
             if progress is not None:
@@ -335,15 +335,20 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     progress.advance(batch.records, first.total)
     stopping.check()
     after = first.cursor
+    # Where the windows begin: the cursor's indexed_on, or (HQ's v2 `next` holding the place)
+    # the newest the page held; that millisecond is read again, and upserted the same.
+    begin = first.high_water if isinstance(after, KeysetCursor) and after.next else (
+        getattr(after, "indexed_on", None))
     rest = (first.total or 0) - len(first.records)
-    if (not isinstance(after, IndexedOnCursor) or after.tie is not None or after.indexed_on is None
+    if (not isinstance(after, IndexedOnCursor) or after.tie is not None or begin is None
             or rest < 2 * WINDOW_PAGES * stream.page_size
             or waited < max(WINDOW_LATENCY, loaded)):
         return [], pages
     pages.close()  # its next request would read what the windows read
-    planned = windows.plan(stream, after.indexed_on, rest, parts=at_once,
+    planned = windows.plan(stream, begin, rest, parts=at_once,
                            min_records=WINDOW_PAGES * stream.page_size,
-                           concurrency=settings.max_concurrent_requests, until=after.until)
+                           concurrency=settings.max_concurrent_requests, until=after.until,
+                           reach=_reach(first, begin, rest))
     if len(planned) < 2:  # nothing to split (e.g. one busy millisecond): read on in turn
         return [], stream.pages(after)
     # Saved before any window starts: a crash from here on resumes these same windows. The
@@ -354,14 +359,27 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
         state.save_checkpoint(loader.conn, warehouse.schema, place.domain,
                               place.checkpoint_stream,
                               after.with_extra({"windows": [w.to_json() for w in planned]}))
-    log.info("%s %s [%s]: about %d more records from %s on: reading them in %d windows, "
-             "up to %d at once", report.command, stream.name, place.domain, rest,
-             after.describe(), len(planned), at_once)
+    log.info("%s %s [%s]: about %d more records from indexed_on %s on: reading them in %d "
+             "windows, up to %d at once", report.command, stream.name, place.domain, rest,
+             begin.isoformat(), len(planned), at_once)
     return planned, iter(())
 
 
+def _reach(first: Page, begin: datetime, rest: int) -> datetime | None:
+    """Where the rest of a read may end, if it goes on as its first page did, with room to
+    spare: a first guess for a list that cannot say its newest record (Case API v2)."""
+    stamps = [s for s in (parse_hq_datetime(r.get("indexed_on")) for r in first.records
+                          if isinstance(r, dict)) if s is not None]
+    if len(stamps) < 2 or max(stamps) <= min(stamps):
+        return None
+    try:
+        return begin + (max(stamps) - min(stamps)) * (4 * rest / len(stamps))
+    except OverflowError:
+        return None
+
+
 def _read_windows(settings: Settings, warehouse: Warehouse, place: _Place,
-                  planned: list[Window], report: StreamReport, page_size: int,
+                  planned: list[Window], report: StreamReport, stream: Stream,
                   cursor_extra: dict) -> tuple[int, Cursor | None]:
     """Read every window, each a run of its own (of the same command, under the same
     checkpoint key) with its own checkpoint, some at once; add their counts to `report`.
@@ -372,7 +390,7 @@ def _read_windows(settings: Settings, warehouse: Warehouse, place: _Place,
         def resume(progress: Cursor) -> Cursor:  # a window's own checkpoint, else its start
             if progress.extra.get("window") == number:
                 return progress
-            return IndexedOnCursor(window.start, None, window.end)
+            return stream.cursor_kind(window.start, None, window.end)
 
         client = make_client(settings)
         try:
@@ -383,7 +401,7 @@ def _read_windows(settings: Settings, warehouse: Warehouse, place: _Place,
         finally:
             client.close()
 
-    at_once = max(1, min(windows_at_once(settings, page_size), len(planned)))
+    at_once = max(1, min(windows_at_once(settings, stream.page_size), len(planned)))
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="window") as pool:
         futures = [pool.submit(read, n, w) for n, w in enumerate(planned, 1)]
         try:
@@ -418,7 +436,7 @@ def _finish_windows(warehouse: Warehouse, conn: psycopg.Connection, place: _Plac
     of the read, for a backfill) and the windows' checkpoints go, in one transaction."""
     extra = {k: v for k, v in cursor.extra.items() if k not in ("windows", "window")}
     position = last.indexed_on if isinstance(last, IndexedOnCursor) else None
-    done = IndexedOnCursor(position, None, cursor.until, extra={**extra, **cursor_extra})
+    done = type(cursor)(position, None, cursor.until, extra={**extra, **cursor_extra})
     with conn.transaction():
         state.save_checkpoint(conn, warehouse.schema, place.domain, place.checkpoint_stream, done)
         state.delete_partitions(conn, warehouse.schema, place.domain, place.checkpoint_stream,

@@ -197,14 +197,17 @@ def test_the_apps_line_counts_apps_new_and_changed(sim, settings, warehouse):
 
 
 def test_a_long_read_into_small_shared_buffers_says_how_to_keep_it_fast(
-        sim, settings, warehouse, db, monkeypatch, caplog):
+        sim, schema, pg_url, warehouse, db, monkeypatch, caplog):
     from etl import sync
 
     buffers = db.execute("select pg_size_bytes(current_setting('shared_buffers'))").fetchone()[0]
     monkeypatch.setattr(sync, "BIG_READ", 10)  # the simulator's few dozen records count as many
     monkeypatch.setattr(sync, "SMALL_CACHE", buffers + 1)
     caplog.set_level("WARNING", logger="etl.sync")
-    assert all(r.status == "ok" for r in run_sync(settings, warehouse))
+    settings = make_settings(sim.base_url, schema, pg_url, case_page_size=10, form_page_size=10)
+    reports = run_sync(settings, warehouse)
+    assert all(r.status == "ok" for r in reports)
+    assert min(r.pages for r in reports if r.stream != "apps") > 2  # said once, not per page
     advice = [r.getMessage() for r in caplog.records if "shared_buffers" in r.getMessage()]
     assert len(advice) == 2, advice  # once for cases, once for forms
     assert advice[0].startswith("sync cases [demo]: HQ has ")

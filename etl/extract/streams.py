@@ -33,6 +33,8 @@ class Page:
     needs_cleaning: bool = False
     url: str = ""
     total: int | None = None  # on a read's first page: HQ's count of what the read will cover
+    # The newest indexed_on read so far, where the cursor does not say it (HQ's v2 `next`).
+    high_water: datetime | None = None
 
 
 @dataclass
@@ -80,8 +82,8 @@ class IndexedOnStream(Stream):
     """
 
     tie_keys: ClassVar[tuple[str, ...]] = ()
-    tie_passes: ClassVar[int] = 4
-    windowed: ClassVar[bool] = True  # ranges of indexed_on can be read side by side  # offset re-reads of a slice no key can split, at the most
+    tie_passes: ClassVar[int] = 4  # offset re-reads of a slice no key can split, at the most
+    windowed: ClassVar[bool] = True  # ranges of indexed_on can be read side by side
 
     def _params(self, start: datetime | None, end: datetime | None, *, order_by: str = "indexed_on",
                 bounds: dict[str, tuple[datetime, datetime]] | None = None, offset: int = 0,
@@ -342,6 +344,28 @@ class CaseStreamV2(Stream):
     cursor_kind = KeysetCursor
     # `cases` columns only v0.5 fills: after a switch from v0.5 they keep their values.
     unknown_columns = ("user_id", "opened_by", "closed_by", "server_date_opened", "xform_ids")
+    windowed: ClassVar[bool] = True  # ranges of indexed_on (`indexed_on.gte/lte`) side by side
+    newest_first: ClassVar[bool] = False  # v2 lists oldest first only
+
+    def _params(self, start: datetime | None, end: datetime | None, limit: int) -> dict:
+        # Cases of case types deprecated in the data dictionary are still data: HQ leaves
+        # them out of v2 lists unless asked.
+        params: dict[str, Any] = {"limit": limit, "include_deprecated": "true"}
+        if start is not None:
+            params["indexed_on.gte"] = format_iso(start)
+        if end is not None:
+            params["indexed_on.lte"] = format_iso(end)
+        return params
+
+    def probe(self, start: datetime | None, end: datetime | None) -> tuple[int, datetime | None]:
+        """One small request: HQ's count of cases in [start, end] and the indexed_on of the
+        first (v2 lists oldest first only)."""
+        doc = self.client.get_json(self.list_path, self._params(start, end, 1))
+        self.requests_made += 1
+        body = require_json_object(doc, "cases")
+        cases, total = body["cases"], body.get("matching_records")
+        return (total if isinstance(total, int) else len(cases)), (
+            _stamp(cases[0]) if cases else None)
 
     def pages(self, cursor: KeysetCursor) -> Iterator[Page]:
         start = cursor.indexed_on
@@ -349,30 +373,27 @@ class CaseStreamV2(Stream):
         if cursor.next:
             url, params = cursor.next, None
         else:
-            url = self.list_path
-            # Cases of case types deprecated in the data dictionary are still data: HQ leaves
-            # them out of v2 lists unless asked.
-            params: dict[str, Any] | None = {"limit": self.page_size, "include_deprecated": "true"}
-            if start is not None:
-                params["indexed_on.gte"] = format_iso(start)
-            if cursor.until is not None:
-                params["indexed_on.lte"] = format_iso(cursor.until)
+            url, params = self.list_path, self._params(start, cursor.until, self.page_size)
+        total = None
         while True:
             doc = self.client.get_json(url, params)
             self.requests_made += 1
             body = require_json_object(doc, "cases")
             cases = body["cases"]
+            if total is None:  # the first answer counts the whole read
+                total = body.get("matching_records") if isinstance(
+                    body.get("matching_records"), int) else 0
             stamps = [s for s in map(_stamp, cases) if s is not None]
             if stamps:
                 high_water = max(high_water or stamps[0], max(stamps))
             next_url = body.get("next")
             if cases and next_url:
                 yield Page(cases, KeysetCursor(start, None, cursor.until, next_url),
-                           doc.needs_cleaning, doc.url)
-                url, params = next_url, None
+                           doc.needs_cleaning, doc.url, total or None, high_water)
+                url, params, total = next_url, None, 0  # the count is said once
             else:
                 yield Page(cases, KeysetCursor(high_water, None, cursor.until),
-                           doc.needs_cleaning, doc.url)
+                           doc.needs_cleaning, doc.url, total or None, high_water)
                 return
 
 

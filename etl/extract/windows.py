@@ -10,7 +10,9 @@ with a checkpoint of its own.
 The plan costs a few one-record requests, in two rounds (HQ's `total_count` for a range is
 exact): the newest record, then the count of each of a few equal slices of time, read at once;
 neighbouring slices are then joined into windows, one per reader. Data bunched in time (a
-bulk import, a re-index) inside one slice leaves that window bigger than the others.
+bulk import, a re-index) inside one slice leaves that window bigger than the others. Case
+API v2 lists oldest first only: its slices reach up to now, and are cut again up to the last
+that held records, a round at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from etl.dates import ONE_MS, format_iso, parse_hq_datetime, truncate_ms
 from etl.extract.streams import IndexedOnStream
@@ -47,7 +49,8 @@ class _Range:
 
 
 def plan(stream: IndexedOnStream, start: datetime, total: int, *, parts: int,
-         min_records: int, concurrency: int = 1, until: datetime | None = None) -> list[Window]:
+         min_records: int, concurrency: int = 1, until: datetime | None = None,
+         reach: datetime | None = None) -> list[Window]:
     """Windows from `start` on, holding about the same number of records each, the last one
     ending at `until` (a backfill's end), or open-ended; `total` is HQ's count from `start`
     on. A single window when there are too few records for splitting to pay, or they cannot
@@ -56,22 +59,63 @@ def plan(stream: IndexedOnStream, start: datetime, total: int, *, parts: int,
     Two rounds of requests whatever HQ's speed (with `concurrency` >= 2 x `parts`): the
     newest record's `indexed_on`, then the count of each of 2 x `parts` equal slices of time
     up to it, all at once; neighbouring slices are joined into windows of about
-    `total / parts` records (at least `min_records`)."""
+    `total / parts` records (at least `min_records`). A list that cannot be read newest
+    first (Case API v2) is sliced up to `reach` (a guess at where its records end) or now
+    instead, and again up to the last slice that held records, until the last slice holds
+    some (each round narrows the span 2 x `parts` times; a guess that fell short, with
+    records after it, is dropped for now)."""
     if parts < 2 or total < 2 * min_records:
         return [Window(start, until)]
-    _, newest = stream.probe(start, until, newest=True)
     first = truncate_ms(start)
-    if newest is None or newest <= first:
-        return [Window(start, until)]
-    end = newest + ONE_MS if until is None else min(newest + ONE_MS, until + ONE_US)
-    step = max(ONE_MS, (end - first) / (2 * parts))
-    step -= step % ONE_MS
-    edges = [first + n * step for n in range(2 * parts) if first + n * step < end] + [end]
-    slices = list(zip(edges, edges[1:]))
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        counts = list(pool.map(lambda s: stream.probe(s[0], s[1] - ONE_US)[0], slices))
-    pieces = [_Range(lo, n) for (lo, _), n in zip(slices, counts)]
+    if getattr(stream, "newest_first", True):
+        _, newest = stream.probe(start, until, newest=True)
+        if newest is None or newest <= first:
+            return [Window(start, until)]
+        end = _plus(newest, ONE_MS) if until is None else min(_plus(newest, ONE_MS),
+                                                               _plus(until, ONE_US))
+        pieces = _count(stream, first, end, 2 * parts, concurrency)
+    else:
+        cap = _plus(until, ONE_US) if until is not None else (
+            truncate_ms(datetime.now(timezone.utc)) + ONE_MS)
+        guessed = reach is not None and first < reach < cap
+        end = min(cap, _plus(truncate_ms(reach), ONE_MS)) if guessed else cap
+        for _ in range(MAX_ROUNDS):
+            pieces = _count(stream, first, end, 2 * parts, concurrency)
+            held = [n for n, piece in enumerate(pieces) if piece.count]
+            last_held = not held or held[-1] == len(pieces) - 1
+            if guessed and last_held and stream.probe(end, cap - ONE_US)[0]:
+                guessed, end = False, cap  # the guess fell short
+                continue
+            if last_held:
+                break
+            guessed = False  # narrowed on counts from here on
+            end = pieces[held[-1] + 1].start  # nothing from here on, when counted
+        if not any(piece.count for piece in pieces):
+            return [Window(start, until)]
     return _join(pieces, start, max(min_records, math.ceil(total / parts)), until)
+
+
+MAX_ROUNDS = 8  # of slicing, for a list that cannot say its newest record
+
+
+def _plus(moment: datetime, step: timedelta) -> datetime:
+    try:
+        return moment + step
+    except OverflowError:  # the last moment there is (an --until of 9999-12-31)
+        return moment
+
+
+def _count(stream: IndexedOnStream, first: datetime, end: datetime, slices: int,
+           concurrency: int) -> list[_Range]:
+    """The records in each of `slices` equal slices of [first, end) on whole milliseconds,
+    counted at once."""
+    step = max(ONE_MS, (end - first) / slices)
+    step -= step % ONE_MS
+    edges = [first + n * step for n in range(slices) if first + n * step < end] + [end]
+    spans = list(zip(edges, edges[1:]))
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        counts = list(pool.map(lambda s: stream.probe(s[0], s[1] - ONE_US)[0], spans))
+    return [_Range(lo, n) for (lo, _), n in zip(spans, counts)]
 
 
 def _join(pieces: list[_Range], start: datetime, target: int,
