@@ -143,10 +143,11 @@ def test_forms_flattened_a_page_ahead_are_flattened_again_when_a_repeat_became_k
     target = sources.get("forms").target
     loader = Loader(db, schema)
 
-    def page(form_id, n, members):
+    def page(form_id, n, members, **more):
         form = {"id": form_id, "indexed_on": f"2024-05-0{n}T00:00:00Z", "archived": False,
                 "received_on": f"2024-05-0{n}T00:00:00Z", "app_id": "app",
-                "form": {"@xmlns": xmlns, "@name": "Ahead", "q": str(n), "members": members}}
+                "form": {"@xmlns": xmlns, "@name": "Ahead", "q": str(n), "members": members,
+                         **more}}
         return transform_page([form], "demo", transform_form, True, "id")
 
     def load_batch(batch):
@@ -172,16 +173,50 @@ def test_forms_flattened_a_page_ahead_are_flattened_again_when_a_repeat_became_k
         (form_table,))}
     assert "q" in form_paths and "members/name" not in form_paths, form_paths
 
-    # Flattened ahead with the paths that still hold: the load does not flatten again.
-    third = page("f3", 4, {"name": "d"})
+    # Flattened ahead with the paths that still hold: the load does not flatten again, nor
+    # make the form's case actions or clean its values again; what it writes is the same.
+    block = {"@case_id": "c9", "@date_modified": "2024-05-04T00:00:00Z",
+             "update": {"colour": "red"}}
+    third = page("f3", 4, {"name": "d", "nick": ""}, case=block, q="1900-01-01")
     loader.prepare(target, third)
     assert set(third.flats) == {"f3"}
-    flattened = []
-    monkeypatch.setattr(bi, "flatten_form", lambda *a: flattened.append(a) or None)
+    again = []
+    monkeypatch.setattr(bi, "flatten_form", lambda *a: again.append(a) or None)
+    monkeypatch.setattr(bi, "case_actions", lambda *a: again.append(a) or [])
+    monkeypatch.setattr(bi, "clean_values", lambda *a: again.append(a) or {})
     load_batch(third)
-    assert flattened == []
+    assert again == []
     assert db.execute(f'select name from "{schema}"."{repeat}" where form_id = %s',
                       ("f3",)).fetchall() == [("d",)]
+    assert db.execute(f"select case_id, action, properties->>'colour' from "
+                      f"\"{schema}\".form_case_actions where form_id = 'f3'").fetchall() == [
+        ("c9", "update", "red")]
+    q_column, = db.execute(f"select column_name from \"{schema}\".catalog_columns where "
+                           f"table_name = %s and original_path = 'q'", (form_table,)).fetchone()
+    assert db.execute(f'select "{q_column}" from "{schema}"."{form_table}" where form_id = %s',
+                      ("f3",)).fetchone() == (None,)  # HQ's 1900 placeholder, cleaned ahead
+
+
+def test_case_values_made_a_page_ahead_are_what_the_case_tables_get(db, schema, monkeypatch):
+    """The reading thread makes each case's BI values (properties and indices as text,
+    cleaned) while the page before loads; the load writes those and makes none again."""
+    import etl.load.bi as bi
+
+    target = sources.get("cases").target
+    loader = Loader(db, schema)
+    parent = {"parent": {"case_type": "household", "case_id": "h1", "relationship": "child"}}
+    records = [case("a", "2024-05-01T00:00:00Z", colour="red", blank="", dob="1900-01-01",
+                    indices=parent), case("b", "2024-05-01T00:00:01Z", colour="blue")]
+    batch = transform_page(records, "demo", transform_case, True, "case_id")
+    loader.prepare(target, batch)
+    assert set(batch.case_values) == {"a", "b"}
+    monkeypatch.setattr(bi, "case_values", lambda *a: pytest.fail("made again at load"))
+    monkeypatch.setattr(bi, "clean_values", lambda *a: pytest.fail("cleaned again at load"))
+    loader.load_page(stream="cases", target=target, domain="demo", batch=batch,
+                     cursor={"indexed_on": None}, run_id=None)
+    rows = db.execute(f'select case_id, colour, blank, dob, index_parent from "{schema}".case_patient '
+                      f"order by 1").fetchall()
+    assert rows == [("a", "red", None, None, "h1"), ("b", "blue", None, None, None)]
 
 
 def test_a_new_page_copied_straight_in_takes_the_upsert_when_a_record_arrived_meanwhile(

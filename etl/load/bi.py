@@ -23,7 +23,7 @@ from etl import jsonutil
 from etl.dates import parse_hq_datetime
 from etl.transform import Batch
 from etl.transform.cases import SPECIAL_PROPERTIES
-from etl.transform.flatten import Item, as_text, case_actions, flatten_form
+from etl.transform.flatten import FlatForm, Item, as_text, case_actions, flatten_form
 from etl.transform.naming import NameAllocator, identifier, path_identifier_base, readable
 
 log = logging.getLogger(__name__)
@@ -446,20 +446,25 @@ class Write:
     oids: list[int] | None = None  # each column's type, for a binary COPY (None: text)
 
 
+def clean_values(values: dict[str, str | None]) -> dict[str, str]:
+    """{path: text} as the BI columns hold it: each value through `cell`, the missing left out
+    (a path not there reads as None, which is what cell(None) gives)."""
+    return {p: cell(v) for p, v in values.items() if v}
+
+
 def table_writes(info: TableInfo, ids: list[str], id_column: str, fixed_columns: list[str],
                   records: list[tuple[tuple, dict]],
-                  placed: dict[str, tuple[str, str] | None]) -> list[Write]:
-    """One write per physical table of `info`. `records`: (fixed values, {path: text}) each;
-    a continuation table gets a row only where the record has a value in it."""
+                  placed: dict[str, tuple[str, str] | None], clean: bool = True) -> list[Write]:
+    """One write per physical table of `info`. `records`: (fixed values, {path: text}) each,
+    as `clean_values` makes them unless `clean`; a continuation table gets a row only where
+    the record has a value in it."""
     by_table: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for path, where in placed.items():
         if where:
             by_table[where[0]].append((path, where[1]))
     n_key = len(KEYS[info.kind])
     types = {c: t.split()[0] for c, t in FIXED[info.kind]}
-    # Each value cleaned once; a missing path reads as None, which is what cell(None) gives.
-    cleaned = [(fixed, {p: cell(v) for p, v in values.items() if v})
-               for fixed, values in records]
+    cleaned = [(fixed, clean_values(values)) for fixed, values in records] if clean else records
     writes = []
     for table in info.parts:
         dynamic = by_table.get(table, [])
@@ -693,6 +698,24 @@ def previous_case_types(conn: psycopg.Connection, schema: str, domain: str,
     return changed
 
 
+def case_values(batch: Batch) -> dict[str, tuple[dict[str, str], tuple[str, ...]]]:
+    """By case id, what its case type's table holds: its properties and `index/<name>` as
+    `clean_values` makes them, and, when some have no value (they get columns too), all its
+    paths in order. Pure: made a page ahead (Loader.prepare)."""
+    indices: dict[str, dict[str, str | None]] = defaultdict(dict)
+    for index in batch.rows.get("case_indices", []):
+        indices[index.case_id][index.identifier] = index.referenced_id
+    made = {}
+    for row in batch.rows.get("cases", []):
+        values = {p: _text(v) for p, v in batch.sources[row.case_id].items()
+                  if p not in SPECIAL_PROPERTIES}
+        for name, referenced in indices.get(row.case_id, {}).items():
+            values[f"index/{name}"] = referenced
+        cleaned = clean_values(values)
+        made[row.case_id] = (cleaned, tuple(values) if len(cleaned) < len(values) else ())
+    return made
+
+
 def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
                      old_types: dict[str, str]) -> None:
     won = _won_ids(catalog.conn, "cases")
@@ -704,10 +727,7 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
         if case_id in won and info:
             writes += [Write(table, [case_id], [], [], "case_id") for table in info.parts]
     rows = _newest([r for r in batch.rows.get("cases", []) if r.case_id in won], "case_id")
-    indices: dict[str, dict[str, str | None]] = defaultdict(dict)
-    for index in batch.rows.get("case_indices", []):
-        if index.case_id in rows:
-            indices[index.case_id][index.identifier] = index.referenced_id
+    prepared = batch.case_values or case_values(batch)  # made a page ahead, as a rule
     by_type: dict[str, list] = defaultdict(list)
     for row in rows.values():
         if row.case_type:
@@ -716,21 +736,17 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
     for case_type, type_rows in by_type.items():
         info = catalog.table("case_type", case_type, readable_as=case_type, prefix="case_")
         records = []
-        for row in type_rows:
-            values = {p: _text(v) for p, v in batch.sources[row.case_id].items()
-                      if p not in SPECIAL_PROPERTIES}
-            for name, referenced in indices.get(row.case_id, {}).items():
-                values[f"index/{name}"] = referenced
-            records.append((tuple(getattr(row, c) for c in fixed_columns), values))
         paths: dict[str, None] = {}
-        for _, values in records:
-            paths.update(dict.fromkeys(values))
+        for row in type_rows:
+            cleaned, every = prepared[row.case_id]
+            paths.update(dict.fromkeys(every or cleaned))
+            records.append((tuple(getattr(row, c) for c in fixed_columns), cleaned))
         placed = catalog.columns(info, "case_property", case_type,
                                  ((p, p) for p in paths if not p.startswith("index/")))
         placed.update(catalog.columns(info, "case_index", case_type, (
             (p, f"index_{p[6:]}") for p in paths if p.startswith("index/"))))
         writes += table_writes(info, [r.case_id for r in type_rows], "case_id", fixed_columns,
-                                records, placed)
+                                records, placed, clean=False)
     apply_writes(catalog, domain, writes, batch.rejects,
                  fresh=[case_id for case_id, inserted in won.items() if inserted])
 
@@ -766,13 +782,12 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
         for row in form_rows:
             ahead = batch.flats.get(row.form_id)
             if ahead is not None and ahead[0] == known_repeats:
-                flat = ahead[1]
+                flat, form_actions = ahead[1], ahead[2]
             else:
                 flat = flatten_form(batch.sources[row.form_id].get("form") or {}, known_repeats)
+                form_actions = _action_rows(flat)
             flats[row.form_id] = flat
-            for position, action, case_id, case_type, props, modified in case_actions(flat.case_blocks):
-                actions.append((domain, row.form_id, position, action, case_id, case_type,
-                                jsonutil.dumps(props), parse_hq_datetime(modified)))
+            actions += [(domain, row.form_id, *action) for action in form_actions]
         # For the page read ahead: the paths this page makes repeats of (each gets its table
         # below), so that its forms are flattened as they will be loaded.
         catalog.repeat_hints[xmlns] = known_repeats.union(
@@ -810,14 +825,26 @@ _ACTION_OIDS = [_BINARY_TYPES[t] for t in ("text", "text", "integer", "text", "t
                                            "jsonb", "timestamptz")]
 
 
+def _action_rows(flat: FlatForm) -> list[tuple]:
+    """The form's form_case_actions rows, but for their domain and form_id."""
+    return [(position, action, case_id, case_type, jsonutil.dumps(props),
+             parse_hq_datetime(modified))
+            for position, action, case_id, case_type, props, modified
+            in case_actions(flat.case_blocks)]
+
+
 def preflatten(hints: dict[str, frozenset[str]], batch: Batch) -> None:
     """Flatten the page's forms ahead (Loader.prepare), each with the repeat paths its form
-    was last loaded with; a form not loaded yet is left to load_form_tables."""
+    was last loaded with, and make their form_case_actions rows; a form not loaded yet is
+    left to load_form_tables."""
     for row in batch.rows.get("forms", []):
         known = hints.get(row.xmlns or "(no xmlns)")
         record = batch.sources.get(row.form_id)
         if known is not None and record is not None:
-            batch.flats[row.form_id] = (known, flatten_form(record.get("form") or {}, known))
+            flat = flatten_form(record.get("form") or {}, known)
+            for item in (flat.root, *(i for items in flat.repeats.values() for i in items)):
+                item.cleaned = clean_values(item.values)
+            batch.flats[row.form_id] = (known, flat, _action_rows(flat))
 
 
 def _catalogued_repeats(catalog: Catalog, xmlns: str) -> set[str]:
@@ -834,9 +861,13 @@ def _form_rows(catalog: Catalog, info: TableInfo, xmlns: str, form_rows: list,
     placed = catalog.columns(info, "form_question", xmlns,
                              ((p, path_identifier_base(p.split("/"))) for p in paths))
     fixed = [c for c, _ in FORM_FIXED]
-    records = [(tuple(getattr(row, c) for c in fixed), flats[row.form_id].root.values)
+    records = [(tuple(getattr(row, c) for c in fixed), _cleaned(flats[row.form_id].root))
                for row in form_rows]
-    return table_writes(info, form_ids, "form_id", fixed, records, placed)
+    return table_writes(info, form_ids, "form_id", fixed, records, placed, clean=False)
+
+
+def _cleaned(item: Item) -> dict[str, str]:
+    return item.cleaned if item.cleaned is not None else clean_values(item.values)
 
 
 def _repeat_rows(catalog: Catalog, form_info: TableInfo, xmlns: str, domain: str,
@@ -864,10 +895,10 @@ def _repeat_rows(catalog: Catalog, form_info: TableInfo, xmlns: str, domain: str
         placed = catalog.columns(info, "form_question", xmlns, (
             (p, path_identifier_base(p[rel:].split("/")) if p.startswith(path + "/")
              else readable(p.rsplit("/", 1)[-1])) for p in paths))
-        records = [((domain, form_id, item.key, item.parent_key, item.position), item.values)
+        records = [((domain, form_id, item.key, item.parent_key, item.position), _cleaned(item))
                    for form_id, item in entries]
         writes += table_writes(info, form_ids, "form_id", [c for c, _ in REPEAT_FIXED],
-                                records, placed)
+                                records, placed, clean=False)
     return writes
 
 

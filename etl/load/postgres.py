@@ -109,6 +109,11 @@ def _form_tables(loader: "Loader", domain: str, batch: Batch, _: Any) -> None:
         loader.after_bi(FORMS, "forms", domain)
 
 
+def _prepare_case_tables(loader: "Loader", batch: Batch) -> None:
+    if loader.bi:
+        batch.case_values = bi.case_values(batch)
+
+
 def _prepare_form_tables(loader: "Loader", batch: Batch) -> None:
     if loader.bi:
         bi.preflatten(loader.repeat_hints, batch)
@@ -153,7 +158,8 @@ LOCATIONS_TARGET = Target(listed=TableSpec("locations", LOCATION_COLUMNS,
                           finished=_location_ancestors)
 LOCATION_TYPES_TARGET = Target(listed=TableSpec("location_types", LOCATION_TYPE_COLUMNS,
                                                 ("domain", "location_type_id")))
-CASES_TARGET = Target(CASES, (CASE_INDICES,), before=_case_types_before, after=_case_tables)
+CASES_TARGET = Target(CASES, (CASE_INDICES,), before=_case_types_before, after=_case_tables,
+                      prepare=_prepare_case_tables)
 EXPORTS_TARGET = Target(write=write_export_tables)
 RESTORE_TARGET = Target(write=write_restore)
 FORMS_TARGET = Target(FORMS, after=_form_tables, prepare=_prepare_form_tables)

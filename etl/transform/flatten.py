@@ -24,6 +24,7 @@ class Item:
     parent_key: str | None
     position: int
     values: dict[str, str | None] = field(default_factory=dict)  # absolute question path -> text
+    cleaned: dict[str, str] | None = None  # `values` as the BI columns hold them, if made ahead
 
 
 @dataclass
