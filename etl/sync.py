@@ -255,7 +255,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                 _refresh_typed_views(loader)
             if forget_checkpoint_when_done:  # and any window of a plan another range left
                 state.delete_checkpoints(conn, warehouse.schema, domain, [checkpoint_stream],
-                                         None if not partition else partition)
+                                         partition or None)
             progress.close()
         except BaseException as exc:
             if progress is not None:
@@ -367,13 +367,15 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
 
 def _reach(first: Page, begin: datetime, rest: int) -> datetime | None:
     """Where the rest of a read may end, if it goes on as its first page did, with room to
-    spare: a first guess for a list that cannot say its newest record (Case API v2)."""
-    stamps = [s for s in (parse_hq_datetime(r.get("indexed_on")) for r in first.records
-                          if isinstance(r, dict)) if s is not None]
-    if len(stamps) < 2 or max(stamps) <= min(stamps):
+    spare: a first guess for a list that cannot say its newest record (Case API v2, whose
+    pages go oldest first and carry the newest they read as `high_water`)."""
+    oldest = first.records[0].get("indexed_on") if first.records and isinstance(
+        first.records[0], dict) else None
+    oldest = parse_hq_datetime(oldest) if oldest else None
+    if oldest is None or first.high_water is None or first.high_water <= oldest:
         return None
     try:
-        return begin + (max(stamps) - min(stamps)) * (4 * rest / len(stamps))
+        return begin + (first.high_water - oldest) * (4 * rest / len(first.records))
     except OverflowError:
         return None
 
