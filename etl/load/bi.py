@@ -114,6 +114,16 @@ _BINARY_TYPES = {"text": 25, "timestamptz": 1184, "boolean": 16, "integer": 23, 
                  "jsonb": 3802}
 _BINARY_OIDS = frozenset(_BINARY_TYPES.values())
 
+# What the writes of a page recover from, one write at a time, each behind a savepoint: a
+# value of an unexpected Python type (binary COPY), a row PostgreSQL refuses (DataError,
+# ProgramLimitExceeded), a record new to the base table with BI rows left (UniqueViolation).
+# Those savepoints cost two round trips each, some 100 per page of forms; so a page is first
+# written without them (`fast`), and should one of these be raised, it is rolled back whole
+# and written again with them (Loader.load_page).
+FAST_PATH_FAILURES = (TypeError, ValueError, OverflowError, AttributeError,
+                      psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded,
+                      psycopg.errors.UniqueViolation)
+
 
 class _JsonTextDumper(Dumper):
     """jsonb in binary COPY: the JSON text the transforms made, behind the format's version."""
@@ -135,16 +145,20 @@ def binary_types(types: Iterable[str]) -> list[int] | None:
 
 
 def copy_rows(conn: psycopg.Connection, table: sql.Composable, columns: Iterable[str],
-              rows: Iterable[tuple], oids: list[int] | None = None) -> None:
+              rows: Iterable[tuple], oids: list[int] | None = None, fast: bool = False) -> None:
     """COPY `rows` into `table`: binary when `oids` gives each column's type, else text.
 
     A value of another Python type than its column's (which text COPY would have converted)
     fails the binary attempt on this side: it is rolled back to a savepoint and the rows go
-    again as text. Errors from the server (a value PostgreSQL refuses) are raised as ever."""
+    again as text; `fast` (see FAST_PATH_FAILURES) skips the savepoint and raises instead.
+    Errors from the server (a value PostgreSQL refuses) are raised as ever."""
     statement = sql.SQL("copy {} ({}) from stdin").format(
         table, sql.SQL(", ").join(map(sql.Identifier, columns)))
     if oids is not None and _BINARY_OIDS.issuperset(oids):
         rows = rows if isinstance(rows, list) else list(rows)
+        if fast:
+            _copy_binary(conn, statement, oids, rows)
+            return
         try:
             with conn.transaction():
                 _copy_binary(conn, statement, oids, rows)
@@ -210,6 +224,7 @@ class Catalog:
     written: dict[str, str] = field(default_factory=dict)
     wrote: dict[str, str] = field(default_factory=dict)
     repeat_hints: dict[str, frozenset[str]] = field(default_factory=dict)  # see Loader
+    fast: bool = False  # writes without savepoints (see FAST_PATH_FAILURES)
 
     def t(self, name: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(name))
@@ -511,23 +526,29 @@ def _delete(catalog: Catalog, write: Write, domain: str, ids: list[str]) -> dict
     return dict(zip(names, counts))
 
 
-def _unparsed_written(catalog: Catalog, write: Write, rows: list[tuple]) -> dict[str, int]:
-    """Per typed column written, how many of the values in `rows` (the rows written) do not
-    parse: the same test as the typed views', on the same values, without reading them back."""
-    casts = catalog.typed.get(write.table)
-    if not casts:
-        return {}
-    values = {c: [row[n] for row in rows if row[n] is not None]
-              for n, c in enumerate(write.columns) if c in casts}
-    values = {c: v for c, v in values.items() if v}
+def _unparsed_written(catalog: Catalog, written: list[tuple[Write, list[tuple]]]
+                      ) -> dict[tuple[str, str], int]:
+    """Per (table, typed column) written, how many of the values in the rows written do not
+    parse: the same test as the typed views', on the same values, without reading them back;
+    one query for the page's writes."""
+    values: dict[tuple[str, str], list[str]] = {}
+    for write, rows in written:
+        casts = catalog.typed.get(write.table)
+        if not casts or not rows:
+            continue
+        for n, column in enumerate(write.columns):
+            if column in casts:
+                column_values = [row[n] for row in rows if row[n] is not None]
+                if column_values:
+                    values.setdefault((write.table, column), []).extend(column_values)
     if not values:
         return {}
-    names = sorted(values)
+    keys = sorted(values)
     counts = catalog.conn.execute(sql.SQL("select {}").format(sql.SQL(", ").join(
         sql.SQL("(select count(*) from unnest(%s::text[]) v where {})").format(
-            _unparsed_sql(catalog, (write.table, c), sql.Identifier("v"))) for c in names)),
-        [values[c] for c in names]).fetchone()
-    return dict(zip(names, counts))
+            _unparsed_sql(catalog, key, sql.Identifier("v"))) for key in keys)),
+        [values[key] for key in keys]).fetchone()
+    return dict(zip(keys, counts))
 
 
 def apply_writes(catalog: Catalog, domain: str, writes: list[Write], rejects: list,
@@ -542,13 +563,14 @@ def apply_writes(catalog: Catalog, domain: str, writes: list[Write], rejects: li
 
     `fresh`: records whose base row this page inserted (see `replacing`)."""
     unparsed, refused = replacing(catalog.conn, fresh,
-                                  lambda new: write_tables(catalog, domain, writes, new))
+                                  lambda new: write_tables(catalog, domain, writes, new),
+                                  catalog.fast)
     merge_unparsed(catalog, unparsed)
     rejects.extend(refused)
 
 
-def replacing(conn: psycopg.Connection, fresh: Iterable[str], write: Callable[[set[str]], Any]
-              ) -> Any:
+def replacing(conn: psycopg.Connection, fresh: Iterable[str], write: Callable[[set[str]], Any],
+              fast: bool = False) -> Any:
     """`write(fresh)`, skipping the removal of old rows for the `fresh` records: those the
     page's base upsert inserted, which have no BI rows (the base row and the BI rows are
     written in one transaction, and a base row is never removed by the sync).
@@ -557,7 +579,7 @@ def replacing(conn: psycopg.Connection, fresh: Iterable[str], write: Callable[[s
     BI rows), its main table's primary key says so: the attempt is rolled back to a savepoint
     and `write(set())` replaces every record's rows as before."""
     fresh = set(fresh)
-    if not fresh:
+    if not fresh or fast:  # fast: a UniqueViolation rolls the page back (FAST_PATH_FAILURES)
         return write(fresh)
     try:
         with conn.transaction():
@@ -570,28 +592,31 @@ def replacing(conn: psycopg.Connection, fresh: Iterable[str], write: Callable[[s
 
 def write_tables(catalog: Catalog, domain: str, writes: list[Write], fresh: set[str]
                  ) -> tuple[dict[tuple[str, str], int], list]:
-    """Do the writes; returns the unparsed-value deltas and the refused rows (Rejects)."""
+    """Do the writes; returns the unparsed-value deltas and the refused rows (Rejects).
+    With `catalog.fast`, no write has a savepoint of its own (see FAST_PATH_FAILURES)."""
     conn = catalog.conn
     unparsed: dict[tuple[str, str], int] = {}
     refused: list = []
+    written: list[tuple[Write, list[tuple]]] = []
     for write in writes:
         catalog.written[write.table] = write.id_column
         stale = [i for i in write.ids if i not in fresh] if fresh else write.ids
-        before = _delete(catalog, write, domain, stale) if stale else {}
-        written = write.rows
-        if write.rows:
+        for column, count in (_delete(catalog, write, domain, stale) if stale else {}).items():
+            if count:
+                unparsed[(write.table, column)] = unparsed.get((write.table, column), 0) - count
+        rows = write.rows
+        if rows and catalog.fast:
+            copy_rows(conn, catalog.t(write.table), write.columns, rows, write.oids, fast=True)
+        elif rows:
             try:
                 with conn.transaction():
-                    _copy(catalog, write, write.rows)
+                    _copy(catalog, write, rows)
             except (psycopg.errors.ProgramLimitExceeded, psycopg.errors.DataError):
-                written = _copy_one_by_one(catalog, write, refused)
-        after = _unparsed_written(catalog, write, written)
-        for column in set(before) | set(after):
-            delta = after.get(column, 0) - before.get(column, 0)
-            if delta:
-                key = (write.table, column)
-                unparsed[key] = unparsed.get(key, 0) + delta
-    return unparsed, refused
+                rows = _copy_one_by_one(catalog, write, refused)
+        written.append((write, rows))
+    for key, count in _unparsed_written(catalog, written).items():
+        unparsed[key] = unparsed.get(key, 0) + count
+    return {key: delta for key, delta in unparsed.items() if delta}, refused
 
 
 def merge_unparsed(catalog: Catalog, unparsed: dict[tuple[str, str], int]) -> None:
@@ -798,23 +823,11 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
         form_ids = [row.form_id for row in form_rows]
         writes += _form_rows(catalog, info, xmlns, form_rows, form_ids, flats)
         writes += _repeat_rows(catalog, info, xmlns, domain, flats, form_ids)
-    catalog.written["form_case_actions"] = "form_id"
-
-    def write(fresh: set[str]) -> tuple[dict, list]:
-        stale = [i for i in won_ids if i not in fresh] if fresh else won_ids
-        if stale:
-            catalog.conn.execute(sql.SQL(
-                "delete from {}.form_case_actions where domain = %s and form_id = any(%s)"
-            ).format(sql.Identifier(schema)), (domain, stale))
-        written = write_tables(catalog, domain, writes, fresh)
-        if actions:
-            copy_rows(catalog.conn, catalog.t("form_case_actions"), _ACTION_COLUMNS, actions,
-                      _ACTION_OIDS)
-        return written
-
-    unparsed, refused = replacing(catalog.conn, [i for i in won_ids if won[i]], write)
-    merge_unparsed(catalog, unparsed)
-    batch.rejects.extend(refused)
+    # Last, as a write like the others: deleted for the updated forms, refused rows alone.
+    writes.append(Write("form_case_actions", won_ids, list(_ACTION_COLUMNS), actions, "form_id",
+                        _ACTION_OIDS))
+    apply_writes(catalog, domain, writes, batch.rejects,
+                 fresh=[i for i in won_ids if won[i]])
 
 
 _ACTION_COLUMNS = ("domain", "form_id", "block", "action", "case_id", "case_type", "properties",

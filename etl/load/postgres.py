@@ -186,6 +186,7 @@ class Loader:
     _catalog: bi.Catalog | None = None
     _won: dict[str, bool] = field(default_factory=dict)  # this page's upsert: id -> inserted
     _types: dict[str, list[int | None]] = field(default_factory=dict)  # table -> column oids
+    _fast: bool = False  # this attempt at a page writes without savepoints (bi.FAST_PATH_FAILURES)
 
     ddl_lock_timeout: float = DEFAULT_DDL_LOCK_TIMEOUT
     # Base columns this source does not know (Case API v2 lacks five of v0.5's): an update
@@ -207,8 +208,13 @@ class Loader:
     def catalog(self) -> bi.Catalog:
         if self._catalog is None:
             self._catalog = bi.Catalog(self.conn, self.schema, lock_timeout=self.ddl_lock_timeout,
-                                       repeat_hints=self.repeat_hints)
+                                       repeat_hints=self.repeat_hints, fast=self._fast)
         return self._catalog
+
+    def _set_fast(self, fast: bool) -> None:
+        self._fast = fast
+        if self._catalog is not None:
+            self._catalog.fast = fast
 
     def prepare(self, target: Target, batch: Batch) -> None:
         """Work for a page that needs neither the connection nor the catalog, done in the
@@ -306,7 +312,7 @@ class Loader:
         return stage
 
     def _copy(self, stage: sql.Composable, spec: TableSpec, rows: list[tuple]) -> None:
-        bi.copy_rows(self.conn, stage, spec.columns, rows, self._oids(spec))
+        bi.copy_rows(self.conn, stage, spec.columns, rows, self._oids(spec), fast=self._fast)
 
     def _oids(self, spec: TableSpec) -> list[int] | None:
         """The column types of a table whose rows the transforms make with Python values of
@@ -325,8 +331,13 @@ class Loader:
                   cursor: Cursor | dict, run_id: int | None, source_url: str = "",
                   checkpoint_stream: str | None = None, requests: int = 0,
                   partition: str = "") -> LoadResult:
-        for attempt in range(1, _TRANSIENT_TRIES + 1):
+        rejects = len(batch.rejects)
+        fast = True  # first without savepoints; again with them, should the page need one
+        transient = 0
+        while True:
             committed = False
+            del batch.rejects[rejects:]  # those a rolled-back attempt added
+            self._set_fast(fast)
             try:
                 result = self._load_page_once(stream=stream, target=target, domain=domain,
                                               batch=batch,
@@ -336,10 +347,17 @@ class Loader:
                 committed = True
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 # A backfill and a sync upserting the same records at once: try again.
-                if attempt == _TRANSIENT_TRIES:
+                transient += 1
+                if transient == _TRANSIENT_TRIES:
                     raise
-                time.sleep(0.05 * attempt)
+                time.sleep(0.05 * transient)
+            except bi.FAST_PATH_FAILURES:
+                if not fast:
+                    raise
+                fast = False
+                log.debug("a page of %s needed the savepoints: written again with them", stream)
             finally:
+                self._set_fast(False)
                 if not committed:
                     # A staging table first created in the rolled-back transaction is gone.
                     self._staged.clear()
@@ -348,7 +366,6 @@ class Loader:
             if committed:
                 self.keep_statistics(target)
                 return result
-        raise AssertionError("unreachable")
 
     def keep_statistics(self, target: Target) -> None:
         """After a commit: statistics for the tables written that have none or have doubled
@@ -555,11 +572,14 @@ class Loader:
                      key=lambda row: getattr(row, id_column))
         if not new:
             return rows, {}
-        try:
-            with self.conn.transaction():
-                self._copy(self._table(spec.name), spec, new)
-        except psycopg.errors.UniqueViolation:
-            return rows, {}
+        if self._fast:  # a UniqueViolation rolls the page back (bi.FAST_PATH_FAILURES)
+            self._copy(self._table(spec.name), spec, new)
+        else:
+            try:
+                with self.conn.transaction():
+                    self._copy(self._table(spec.name), spec, new)
+            except psycopg.errors.UniqueViolation:
+                return rows, {}
         copied = [getattr(row, id_column) for row in new]
         self._mark_won(spec, domain, copied, inserted=True)
         left = [row for row in rows if getattr(row, id_column) in there]
@@ -620,4 +640,5 @@ class Loader:
                 """).format(table=self._table(spec.name), cols=cols, key=key, stage=stage,
                             won=won, match=match))
 
-        bi.replacing(self.conn, [i for i, inserted in self._won.items() if inserted], write)
+        bi.replacing(self.conn, [i for i, inserted in self._won.items() if inserted], write,
+                     self._fast)
