@@ -234,9 +234,8 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
                 report.cursor = _finish_windows(warehouse, conn, place, cursor, last,
                                                 cursor_extra)
             transformed = ((page, _transformed(loader, source, page, domain)) for page in pages)
-            # Windows overlap each other's fetches and loads: a page ahead each would only
-            # hold more pages in memory.
-            for page, batch in (transformed if is_window(partition) else prefetch(transformed)):
+            ahead = not is_window(partition) or reads_ahead(settings, stream.page_size)
+            for page, batch in (prefetch(transformed) if ahead else transformed):
                 page.cursor = page.cursor.with_extra(cursor_extra)
                 _load(loader, source, page, batch, report, place, stream.requests_made)
                 progress.advance(batch.records, page.total)
@@ -280,8 +279,9 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
 
 WINDOW = "window:"  # the partition prefix of a window's checkpoint
 WINDOW_PAGES = 2  # a window holds at least this many full pages
-# Windows read at once hold a page each: at most this many records in memory, whatever
-# MAX_CONCURRENT_REQUESTS says (2 windows of 5,000 cases, 4 of 1,000 forms at the defaults).
+# Windows read at once hold a page each (two, reading ahead, where they fit): at most this
+# many records in memory, whatever MAX_CONCURRENT_REQUESTS says (2 windows of 5,000 cases, 4
+# of 1,000 forms reading a page ahead, at the defaults).
 WINDOW_RECORDS_AT_ONCE = 10_000
 # Windows hide HQ's time to answer. When HQ answers a page faster than this, or faster than
 # the page takes to load, one reader (the next page fetched while this one loads) keeps the
@@ -298,6 +298,13 @@ def is_window(partition: str) -> bool:
 
 def windows_at_once(settings: Settings, page_size: int) -> int:
     return max(1, min(settings.max_concurrent_requests, WINDOW_RECORDS_AT_ONCE // page_size))
+
+
+def reads_ahead(settings: Settings, page_size: int) -> bool:
+    """Whether each window fetches its next page while it loads one: when twice the windows'
+    pages still fit in WINDOW_RECORDS_AT_ONCE (4 windows of 1,000 forms do, 2 of 5,000 cases
+    do not). Then HQ's time to answer hides behind the loads, not only behind each other's."""
+    return 2 * windows_at_once(settings, page_size) * page_size <= WINDOW_RECORDS_AT_ONCE
 
 
 def _windowed(stream: Stream, cursor: Cursor) -> bool:
@@ -329,6 +336,8 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
         return [], pages
     first.cursor = first.cursor.with_extra(cursor_extra)
     began = time.monotonic()
+    guess = _reach(first)
+    read = len(first.records)
     batch = _transformed(loader, source, first, place.domain)
     _load(loader, source, first, batch, report, place, stream.requests_made)
     loaded = time.monotonic() - began
@@ -339,7 +348,7 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     # the newest the page held; that millisecond is read again, and upserted the same.
     begin = first.high_water if isinstance(after, KeysetCursor) and after.next else (
         getattr(after, "indexed_on", None))
-    rest = (first.total or 0) - len(first.records)
+    rest = (first.total or 0) - read
     if (not isinstance(after, IndexedOnCursor) or after.tie is not None or begin is None
             or rest < 2 * WINDOW_PAGES * stream.page_size
             or waited < max(WINDOW_LATENCY, loaded)):
@@ -348,7 +357,7 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     planned = windows.plan(stream, begin, rest, parts=at_once,
                            min_records=WINDOW_PAGES * stream.page_size,
                            concurrency=settings.max_concurrent_requests, until=after.until,
-                           reach=_reach(first, begin, rest))
+                           reach=guess(begin, rest) if guess else None)
     if len(planned) < 2:  # nothing to split (e.g. one busy millisecond): read on in turn
         return [], stream.pages(after)
     # Saved before any window starts: a crash from here on resumes these same windows. The
@@ -365,19 +374,26 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     return planned, iter(())
 
 
-def _reach(first: Page, begin: datetime, rest: int) -> datetime | None:
+def _reach(first: Page) -> Callable[[datetime, int], datetime | None] | None:
     """Where the rest of a read may end, if it goes on as its first page did, with room to
     spare: a first guess for a list that cannot say its newest record (Case API v2, whose
-    pages go oldest first and carry the newest they read as `high_water`)."""
-    oldest = first.records[0].get("indexed_on") if first.records and isinstance(
-        first.records[0], dict) else None
+    pages go oldest first and carry the newest they read as `high_water`). Made from the page
+    before it is transformed (which lets its records go); given where the rest begins and how
+    many records it holds."""
+    high_water, read = first.high_water, len(first.records)
+    if high_water is None or not read or not isinstance(first.records[0], dict):
+        return None
+    oldest = first.records[0].get("indexed_on")
     oldest = parse_hq_datetime(oldest) if oldest else None
-    if oldest is None or first.high_water is None or first.high_water <= oldest:
+    if oldest is None or high_water <= oldest:
         return None
-    try:
-        return begin + (first.high_water - oldest) * (4 * rest / len(first.records))
-    except OverflowError:
-        return None
+
+    def reach(begin: datetime, rest: int) -> datetime | None:
+        try:
+            return begin + (high_water - oldest) * (4 * rest / read)
+        except OverflowError:
+            return None
+    return reach
 
 
 def _read_windows(settings: Settings, warehouse: Warehouse, place: _Place,
@@ -470,8 +486,11 @@ def _check_server(cursor: dict | None, server: str, domain: str, stream_name: st
 
 
 def _transformed(loader: Loader, source: type[sources.Source], page: Page, domain: str) -> Batch:
+    """The page's rows, and what its load needs made ahead; the page's parsed records (most of
+    its memory, kept by nothing else once transformed) are let go."""
     batch = transform_page(page.records, domain, source.transform, page.needs_cleaning,
                            source.id_key)
+    page.records = []
     loader.prepare(source.target, batch)
     return batch
 

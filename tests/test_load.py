@@ -159,6 +159,9 @@ def test_forms_flattened_a_page_ahead_are_flattened_again_when_a_repeat_became_k
     loader.prepare(target, first)
     loader.prepare(target, second)  # ahead of `first`: "members" not yet known as a repeat
     assert set(second.flats) == {"f2"}
+    # Flattened, the parsed record goes (a page's memory): flattened again, it is read back
+    # from the form's row.
+    assert "f2" not in second.sources
     load_batch(first)
     load_batch(second)
     repeat, = db.execute(f"select table_name from \"{schema}\".catalog_tables where "
@@ -210,6 +213,7 @@ def test_case_values_made_a_page_ahead_are_what_the_case_tables_get(db, schema, 
     batch = transform_page(records, "demo", transform_case, True, "case_id")
     loader.prepare(target, batch)
     assert set(batch.case_values) == {"a", "b"}
+    assert batch.sources == {}  # made ahead, the parsed properties go (a page's memory)
     monkeypatch.setattr(bi, "case_values", lambda *a: pytest.fail("made again at load"))
     monkeypatch.setattr(bi, "clean_values", lambda *a: pytest.fail("cleaned again at load"))
     loader.load_page(stream="cases", target=target, domain="demo", batch=batch,

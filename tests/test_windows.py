@@ -383,3 +383,14 @@ def test_a_list_read_oldest_first_only_is_sliced_in_rounds_up_to_its_newest_reco
     last = datetime.max.replace(tzinfo=timezone.utc)
     assert windows.plan(OldestFirst(), stamps[0], 3000, parts=3, min_records=200,
                         until=last)[-1].end == last
+
+
+def test_windows_read_a_page_ahead_only_where_twice_their_pages_fit():
+    """Each window fetches its next page while it loads one, where twice the windows' pages
+    stay within WINDOW_RECORDS_AT_ONCE: memory stays bounded whatever the settings say."""
+    settings = make_settings("http://127.0.0.1:1", "s", "postgresql://x", max_concurrent_requests=4)
+    assert sync.windows_at_once(settings, 1000) == 4 and sync.reads_ahead(settings, 1000)
+    assert sync.windows_at_once(settings, 5000) == 2 and not sync.reads_ahead(settings, 5000)
+    many = make_settings("http://127.0.0.1:1", "s", "postgresql://x", max_concurrent_requests=8)
+    assert sync.windows_at_once(many, 1000) == 8 and not sync.reads_ahead(many, 1000)
+    assert 2 * sync.windows_at_once(many, 1000) * 1000 > sync.WINDOW_RECORDS_AT_ONCE

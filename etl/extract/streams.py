@@ -155,6 +155,7 @@ class IndexedOnStream(Stream):
                         f"cannot page through it safely", url=doc.url)
                 yield Page(objects, self._cursor(last), doc.needs_cleaning, doc.url,
                            total=total or None)
+                objects = stamps = doc = None  # the reader's now: not held over the next request
                 total = 0  # said once
                 start = last
 

@@ -809,7 +809,7 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
             if ahead is not None and ahead[0] == known_repeats:
                 flat, form_actions = ahead[1], ahead[2]
             else:
-                flat = flatten_form(batch.sources[row.form_id].get("form") or {}, known_repeats)
+                flat = flatten_form(_form_of(batch, row), known_repeats)
                 form_actions = _action_rows(flat)
             flats[row.form_id] = flat
             actions += [(domain, row.form_id, *action) for action in form_actions]
@@ -836,6 +836,15 @@ _ACTION_COLUMNS = ("domain", "form_id", "block", "action", "case_id", "case_type
 # placeholder) is NULL, as in every BI table, instead of a COPY error that would stop the page.
 _ACTION_OIDS = [_BINARY_TYPES[t] for t in ("text", "text", "integer", "text", "text", "text",
                                            "jsonb", "timestamptz")]
+
+
+def _form_of(batch: Batch, row: Any) -> dict:
+    """The form's data: from its record, or from its row's JSON once the record is gone."""
+    record = batch.sources.get(row.form_id)
+    if record is not None:
+        return record.get("form") or {}
+    form = jsonutil.loads(row.form) if isinstance(row.form, str) else row.form
+    return form if isinstance(form, dict) else {}
 
 
 def _action_rows(flat: FlatForm) -> list[tuple]:

@@ -112,11 +112,16 @@ def _form_tables(loader: "Loader", domain: str, batch: Batch, _: Any) -> None:
 def _prepare_case_tables(loader: "Loader", batch: Batch) -> None:
     if loader.bi:
         batch.case_values = bi.case_values(batch)
+    batch.sources.clear()  # what they were made from: a page's parsed JSON is most of its memory
 
 
 def _prepare_form_tables(loader: "Loader", batch: Batch) -> None:
     if loader.bi:
         bi.preflatten(loader.repeat_hints, batch)
+    for form_id in (batch.flats if loader.bi else list(batch.sources)):
+        # Flattened (or not needed): the parsed record goes. Should the load flatten it again
+        # after all, it reads the form back from its row's JSON (bi.load_form_tables).
+        batch.sources.pop(form_id, None)
 
 
 def _app_labels(loader: "Loader", domain: str, batch: Batch, _: Any) -> None:
