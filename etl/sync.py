@@ -94,29 +94,30 @@ class StreamReport:
 def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
     """Produce the next item in a thread while the caller works on this one.
 
-    At most `depth` items wait in the queue, so memory stays flat whatever the dataset size.
+    At most `depth` items are made ahead of the one the caller holds: the thread starts on the
+    next only once the caller has taken one, so memory stays flat whatever the dataset size.
     """
-    slots: queue.Queue = queue.Queue(maxsize=depth)
+    slots: queue.Queue = queue.Queue()
+    room = threading.Semaphore(depth)
     stop = threading.Event()
     done = object()
 
-    def put(item: object) -> bool:
+    def wait_for_room() -> bool:
         while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
+            if room.acquire(timeout=0.1):
                 return True
-            except queue.Full:
-                continue
         return False
 
     def produce() -> None:
         try:
-            for item in items:
-                if not put((True, item)):
+            iterator = iter(items)
+            while wait_for_room():
+                item = next(iterator, done)
+                slots.put((True, item))
+                if item is done:
                     return
-            put((True, done))
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            put((False, exc))
+            slots.put((False, exc))
 
     thread = threading.Thread(target=produce, name="hq-prefetch", daemon=True)
     thread.start()
@@ -131,6 +132,7 @@ def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
                 raise item
             if item is done:
                 return
+            room.release()  # the next is made while the caller works on this one
             yield item
     finally:
         stop.set()
@@ -487,7 +489,7 @@ def _check_server(cursor: dict | None, server: str, domain: str, stream_name: st
 
 def _transformed(loader: Loader, source: type[sources.Source], page: Page, domain: str) -> Batch:
     """The page's rows, and what its load needs made ahead; the page's parsed records (most of
-    its memory, kept by nothing else once transformed) are let go."""
+    its memory; the v0.5 and v2 streams keep no other reference to them) are let go."""
     batch = transform_page(page.records, domain, source.transform, page.needs_cleaning,
                            source.id_key)
     page.records = []

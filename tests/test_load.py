@@ -371,3 +371,19 @@ def test_a_page_the_fast_way_cannot_write_is_written_again_with_savepoints(
         t: strip(r) for t, r in expected.items()}
     assert db.execute(f'select count(*) from "{schema}".forms').fetchone() == (2,)
     assert db.execute(f'select count(*) from "{schema}".dead_letters').fetchone() == (0,)
+
+
+def test_a_case_that_changes_type_leaves_its_old_types_table_even_on_a_runs_first_page(
+        db, schema):
+    """A case whose type changes moves from one case type's table to the other's, also when
+    the change comes on the first page of a run (a new loader, whose catalog is not read yet):
+    a scheduled run is often a single page."""
+    load(db, schema, [case("a", "2024-05-01T00:00:00Z", colour="red"),
+                      case("b", "2024-05-01T00:00:00Z", colour="blue")])
+    moved = case("a", "2024-05-02T00:00:00Z", colour="green")
+    moved["properties"]["case_type"] = "contact"
+    load(db, schema, [moved])  # load() makes a new Loader: a run's first page
+    assert db.execute(f'select case_id from "{schema}".case_patient order by 1').fetchall() == [
+        ("b",)]
+    assert db.execute(f'select case_id, colour from "{schema}".case_contact').fetchall() == [
+        ("a", "green")]

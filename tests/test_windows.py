@@ -394,3 +394,33 @@ def test_windows_read_a_page_ahead_only_where_twice_their_pages_fit():
     many = make_settings("http://127.0.0.1:1", "s", "postgresql://x", max_concurrent_requests=8)
     assert sync.windows_at_once(many, 1000) == 8 and not sync.reads_ahead(many, 1000)
     assert 2 * sync.windows_at_once(many, 1000) * 1000 > sync.WINDOW_RECORDS_AT_ONCE
+
+
+def test_prefetch_makes_one_item_ahead_of_the_one_the_caller_holds_and_hands_on_errors():
+    """A reader holds the page it loads and at most one more (made while it loads): what
+    WINDOW_RECORDS_AT_ONCE counts. Items come in order; an error reaches the caller."""
+    import time
+
+    made = []
+
+    def items():
+        for n in range(5):
+            made.append(n)
+            yield n
+        raise ValueError("HQ broke")
+
+    reader = sync.prefetch(items())
+    assert next(reader) == 0
+    time.sleep(0.3)  # the thread has had time to run ahead as far as it may
+    assert made == [0, 1]
+    assert next(reader) == 1
+    time.sleep(0.3)
+    assert made == [0, 1, 2]
+    assert list(reader_until_error(reader)) == [2, 3, 4, "ValueError: HQ broke"]
+
+
+def reader_until_error(reader):
+    try:
+        yield from reader
+    except ValueError as exc:
+        yield f"ValueError: {exc}"

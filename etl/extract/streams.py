@@ -139,8 +139,10 @@ class IndexedOnStream(Stream):
                 high_water = max(high_water or stamps[-1], max(stamps))
             more = bool(objects) and meta.get("next") is not None
             if not more:
-                yield Page(objects, self._cursor(high_water), doc.needs_cleaning, doc.url,
-                           total=total or None)
+                page = Page(objects, self._cursor(high_water), doc.needs_cleaning, doc.url,
+                            total=total or None)
+                objects = stamps = doc = None  # the page holds them alone (sync._transformed)
+                yield page
                 return
             first, last = stamps[0] if stamps else None, stamps[-1] if stamps else None
             if first is not None and first == last:
@@ -153,9 +155,10 @@ class IndexedOnStream(Stream):
                     raise HQError(
                         f"HQ's {self.path} list is not sorted by indexed_on ({doc.url}); "
                         f"cannot page through it safely", url=doc.url)
-                yield Page(objects, self._cursor(last), doc.needs_cleaning, doc.url,
-                           total=total or None)
-                objects = stamps = doc = None  # the reader's now: not held over the next request
+                page = Page(objects, self._cursor(last), doc.needs_cleaning, doc.url,
+                            total=total or None)
+                objects = stamps = doc = None  # the page holds them alone (sync._transformed)
+                yield page
                 total = 0  # said once
                 start = last
 
@@ -388,14 +391,15 @@ class CaseStreamV2(Stream):
             if stamps:
                 high_water = max(high_water or stamps[0], max(stamps))
             next_url = body.get("next")
-            if cases and next_url:
-                yield Page(cases, KeysetCursor(start, None, cursor.until, next_url),
-                           doc.needs_cleaning, doc.url, total or None, high_water)
-                url, params, total = next_url, None, 0  # the count is said once
-            else:
-                yield Page(cases, KeysetCursor(high_water, None, cursor.until),
-                           doc.needs_cleaning, doc.url, total or None, high_water)
+            more = bool(cases and next_url)
+            page = Page(cases, KeysetCursor(start, None, cursor.until, next_url) if more
+                        else KeysetCursor(high_water, None, cursor.until),
+                        doc.needs_cleaning, doc.url, total or None, high_water)
+            cases = body = stamps = doc = None  # the page holds them alone (sync._transformed)
+            yield page
+            if not more:
                 return
+            url, params, total = next_url, None, 0  # the count is said once
 
 
 class ListStream(Stream):

@@ -559,7 +559,7 @@ def apply_writes(catalog: Catalog, domain: str, writes: list[Write], rejects: li
 
     A row PostgreSQL refuses (too big, say) goes to dead_letters alone: its record stays in the
     base table and the rest of the page loads. Values that do not parse as their question's
-    type are counted as they are written, against what the replaced rows held.
+    type are counted, in one query for the page's writes, against what the replaced rows held.
 
     `fresh`: records whose base row this page inserted (see `replacing`)."""
     unparsed, refused = replacing(catalog.conn, fresh,
@@ -746,6 +746,9 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
     won = _won_ids(catalog.conn, "cases")
     if not won:
         return
+    # Read before the old types' tables are looked up: on a run's first page nothing has read
+    # the catalog yet, and after a rolled-back attempt it may name tables that are gone.
+    catalog.ensure_loaded()
     writes = []
     for case_id, old_type in old_types.items():
         info = catalog.tables.get(("case_type", old_type))
@@ -810,9 +813,9 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -
                 flat, form_actions = ahead[1], ahead[2]
             else:
                 flat = flatten_form(_form_of(batch, row), known_repeats)
-                form_actions = _action_rows(flat)
+                form_actions = _action_rows(flat, domain, row.form_id)
             flats[row.form_id] = flat
-            actions += [(domain, row.form_id, *action) for action in form_actions]
+            actions += form_actions
         # For the page read ahead: the paths this page makes repeats of (each gets its table
         # below), so that its forms are flattened as they will be loaded.
         catalog.repeat_hints[xmlns] = known_repeats.union(
@@ -847,9 +850,9 @@ def _form_of(batch: Batch, row: Any) -> dict:
     return form if isinstance(form, dict) else {}
 
 
-def _action_rows(flat: FlatForm) -> list[tuple]:
-    """The form's form_case_actions rows, but for their domain and form_id."""
-    return [(position, action, case_id, case_type, jsonutil.dumps(props),
+def _action_rows(flat: FlatForm, domain: str, form_id: str) -> list[tuple]:
+    """The form's form_case_actions rows."""
+    return [(domain, form_id, position, action, case_id, case_type, jsonutil.dumps(props),
              parse_hq_datetime(modified))
             for position, action, case_id, case_type, props, modified
             in case_actions(flat.case_blocks)]
@@ -866,7 +869,7 @@ def preflatten(hints: dict[str, frozenset[str]], batch: Batch) -> None:
             flat = flatten_form(record.get("form") or {}, known)
             for item in (flat.root, *(i for items in flat.repeats.values() for i in items)):
                 item.cleaned = clean_values(item.values)
-            batch.flats[row.form_id] = (known, flat, _action_rows(flat))
+            batch.flats[row.form_id] = (known, flat, _action_rows(flat, row.domain, row.form_id))
 
 
 def _catalogued_repeats(catalog: Catalog, xmlns: str) -> set[str]:

@@ -356,11 +356,12 @@ class Loader:
                 if transient == _TRANSIENT_TRIES:
                     raise
                 time.sleep(0.05 * transient)
-            except bi.FAST_PATH_FAILURES:
+            except bi.FAST_PATH_FAILURES as exc:
                 if not fast:
                     raise
                 fast = False
-                log.debug("a page of %s needed the savepoints: written again with them", stream)
+                log.debug("a page of %s needed the savepoints (%s: %s): written again with "
+                          "them", stream, type(exc).__name__, str(exc).strip()[:200])
             finally:
                 self._set_fast(False)
                 if not committed:
@@ -562,8 +563,9 @@ class Loader:
         the one or two at the page's start that end the page before) are copied straight into
         it: their upsert would insert them, at the price of a second copy through the staging
         table and a sort. Returns the rows left for the upsert, and the ids copied. Nothing is
-        copied when the page holds an id twice, or when a new record is inserted meanwhile by
-        another run (the whole page then takes the upsert)."""
+        copied when the page holds an id twice; should a new record be inserted meanwhile by
+        another run, the whole page takes the upsert (at once with savepoints; written the
+        fast way, the page is rolled back and written again with them)."""
         domain_column, id_column = spec.key
         ids = [getattr(row, id_column) for row in rows]
         domains = {getattr(row, domain_column) for row in rows}

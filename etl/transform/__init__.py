@@ -27,7 +27,7 @@ class Batch:
     # By id, what the BI tables are flattened from: a case's properties, a form's record.
     sources: dict[str, dict] = field(default_factory=dict)
     # By form id, flattened a page ahead: (the repeat paths used, the flattened form, its
-    # form_case_actions rows but for their domain and form_id).
+    # form_case_actions rows).
     flats: dict[str, tuple[frozenset[str], Any, list]] = field(default_factory=dict)
     # By case id, made a page ahead: its BI values, cleaned, and all its paths when some are
     # blank (bi.case_values).
