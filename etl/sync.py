@@ -338,7 +338,8 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
         return [], pages
     first.cursor = first.cursor.with_extra(cursor_extra)
     began = time.monotonic()
-    guess = _reach(first)
+    # Read off the page before it is transformed (which lets its records go).
+    oldest = first.records[0] if first.records else None
     read = len(first.records)
     batch = _transformed(loader, source, first, place.domain)
     _load(loader, source, first, batch, report, place, stream.requests_made)
@@ -359,7 +360,7 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     planned = windows.plan(stream, begin, rest, parts=at_once,
                            min_records=WINDOW_PAGES * stream.page_size,
                            concurrency=settings.max_concurrent_requests, until=after.until,
-                           reach=guess(begin, rest) if guess else None)
+                           reach=_reach(oldest, read, first.high_water, begin, rest))
     if len(planned) < 2:  # nothing to split (e.g. one busy millisecond): read on in turn
         return [], stream.pages(after)
     # Saved before any window starts: a crash from here on resumes these same windows. The
@@ -376,26 +377,20 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     return planned, iter(())
 
 
-def _reach(first: Page) -> Callable[[datetime, int], datetime | None] | None:
-    """Where the rest of a read may end, if it goes on as its first page did, with room to
-    spare: a first guess for a list that cannot say its newest record (Case API v2, whose
-    pages go oldest first and carry the newest they read as `high_water`). Made from the page
-    before it is transformed (which lets its records go); given where the rest begins and how
-    many records it holds."""
-    high_water, read = first.high_water, len(first.records)
-    if high_water is None or not read or not isinstance(first.records[0], dict):
+def _reach(oldest: object, read: int, high_water: datetime | None, begin: datetime,
+           rest: int) -> datetime | None:
+    """Where the rest of a read may end, if it goes on as its first page did (`read` records
+    from `oldest` to `high_water`), with room to spare: a first guess for a list that cannot
+    say its newest record (Case API v2, whose pages go oldest first and carry the newest they
+    read as `high_water`)."""
+    stamp = oldest.get("indexed_on") if isinstance(oldest, dict) else None
+    stamp = parse_hq_datetime(stamp) if stamp and high_water is not None else None
+    if stamp is None or high_water <= stamp:
         return None
-    oldest = first.records[0].get("indexed_on")
-    oldest = parse_hq_datetime(oldest) if oldest else None
-    if oldest is None or high_water <= oldest:
+    try:
+        return begin + (high_water - stamp) * (4 * rest / read)
+    except OverflowError:
         return None
-
-    def reach(begin: datetime, rest: int) -> datetime | None:
-        try:
-            return begin + (high_water - oldest) * (4 * rest / read)
-        except OverflowError:
-            return None
-    return reach
 
 
 def _read_windows(settings: Settings, warehouse: Warehouse, place: _Place,

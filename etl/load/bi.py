@@ -606,7 +606,7 @@ def write_tables(catalog: Catalog, domain: str, writes: list[Write], fresh: set[
                 unparsed[(write.table, column)] = unparsed.get((write.table, column), 0) - count
         rows = write.rows
         if rows and catalog.fast:
-            copy_rows(conn, catalog.t(write.table), write.columns, rows, write.oids, fast=True)
+            _copy(catalog, write, rows, fast=True)
         elif rows:
             try:
                 with conn.transaction():
@@ -624,9 +624,10 @@ def merge_unparsed(catalog: Catalog, unparsed: dict[tuple[str, str], int]) -> No
         catalog.unparsed[key] = catalog.unparsed.get(key, 0) + delta
 
 
-def _copy(catalog: Catalog, write: Write, rows: list[tuple], binary: bool = True) -> None:
+def _copy(catalog: Catalog, write: Write, rows: list[tuple], binary: bool = True,
+          fast: bool = False) -> None:
     copy_rows(catalog.conn, catalog.t(write.table), write.columns, rows,
-              write.oids if binary else None)
+              write.oids if binary else None, fast=fast)
 
 
 def _copy_one_by_one(catalog: Catalog, write: Write, rejects: list) -> list[tuple]:

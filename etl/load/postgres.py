@@ -116,11 +116,13 @@ def _prepare_case_tables(loader: "Loader", batch: Batch) -> None:
 
 
 def _prepare_form_tables(loader: "Loader", batch: Batch) -> None:
-    if loader.bi:
-        bi.preflatten(loader.repeat_hints, batch)
-    for form_id in (batch.flats if loader.bi else list(batch.sources)):
-        # Flattened (or not needed): the parsed record goes. Should the load flatten it again
-        # after all, it reads the form back from its row's JSON (bi.load_form_tables).
+    if not loader.bi:
+        batch.sources.clear()  # nothing is flattened: a page's parsed JSON is most of its memory
+        return
+    bi.preflatten(loader.repeat_hints, batch)
+    for form_id in batch.flats:
+        # Flattened: the parsed record goes. Should the load flatten it again after all, it
+        # reads the form back from its row's JSON (bi.load_form_tables).
         batch.sources.pop(form_id, None)
 
 
