@@ -374,9 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the operator gets one line, the log the details
         import psycopg
-        import sqlalchemy.exc
 
-        if isinstance(exc, (psycopg.Error, sqlalchemy.exc.SQLAlchemyError)):
+        sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")  # loaded only if a migration ran
+        database_errors = (psycopg.Error, *([sqlalchemy_exc.SQLAlchemyError]
+                                            if sqlalchemy_exc else []))
+        if isinstance(exc, database_errors):
             _fail(f"database error: {str(exc).strip().splitlines()[0]}; the checkpoint stays "
                   f"at the last loaded page")
         else:

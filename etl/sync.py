@@ -602,8 +602,7 @@ def run_sync(settings: Settings, warehouse: Warehouse, *, streams: list[str] | N
     given_up = {r.domain for r in reports if _gives_up_domain(r.exception)}
     rest = [job for job in jobs if job[1] != "apps" and job[0] not in given_up]
     if settings.parallel_streams > 1 and len(rest) > 1:
-        url = warehouse.engine.url.render_as_string(hide_password=False)
-        parallel = run_parallel(run_job, settings, url, warehouse.schema, rest,
+        parallel = run_parallel(run_job, settings, warehouse.url, warehouse.schema, rest,
                                 settings.parallel_streams,
                                 (runinfo.invocation(), runinfo.trigger()), _cancelled)
         for report in parallel:

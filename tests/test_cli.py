@@ -46,10 +46,12 @@ def test_invalid_settings_name_the_setting(sim, schema, pg_url, name, value, nee
 
 
 def test_unreachable_database_is_a_clear_error(sim, schema):
-    env = cli_env(sim.base_url, schema, "postgresql://nobody@127.0.0.1:1/nowhere")
+    env = cli_env(sim.base_url, schema, "postgresql://nobody:s3cret@127.0.0.1:1/nowhere")
     result = run_cli(["migrate"], env)
     assert result.returncode == ExitCode.CONFIG
-    assert "cannot connect to the warehouse database" in result.stderr
+    assert ("cannot connect to the warehouse database (postgresql://nobody:***@127.0.0.1:1/"
+            "nowhere)") in result.stderr
+    assert "s3cret" not in result.stderr
 
 
 def test_settings_file_under_config_is_read(sim, schema, pg_url, tmp_path):

@@ -34,19 +34,21 @@ def test_each_migration_is_named_by_its_revision_and_follows_the_one_before():
     assert head_revision() == revisions[-1][1]
 
 
-def test_an_up_to_date_schema_is_checked_without_alembic(warehouse, db, schema):
+def test_an_up_to_date_schema_is_checked_without_sqlalchemy_or_alembic(warehouse, db, schema):
     warehouse.migrate()
     (version,) = db.execute(f'select version_num from "{schema}".alembic_version').fetchone()
     assert version == head_revision()
     code = (
         "import sys; from etl.db import Warehouse\n"
-        f"w = Warehouse({warehouse.engine.url.render_as_string(hide_password=False)!r}, "
-        f"{schema!r}); w.migrate()\n"
-        "assert 'alembic' not in sys.modules, 'alembic was loaded'\n")
+        f"w = Warehouse.open({warehouse.url!r}, None, {schema!r}); w.migrate()\n"
+        "with w.connect() as conn: conn.execute('select 1')\n"
+        "import etl.cli, etl.sync\n"
+        "assert 'alembic' not in sys.modules, 'alembic was loaded'\n"
+        "assert 'sqlalchemy' not in sys.modules, 'SQLAlchemy was loaded'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=ROOT, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
     # A schema one migration behind is not mistaken for an up-to-date one.
     db.execute(f'update "{schema}".alembic_version set version_num = %s',
                (_revisions()[-2][1],))
-    assert not _at_head(warehouse.engine, schema)
+    assert not _at_head(warehouse.dsn, schema)
