@@ -7,6 +7,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _python(code: str) -> None:
+    """Run `code` in a new interpreter (the collector's settings are per process)."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_the_cli_freezes_start_up_and_collects_rarely():
     code = (
         "import gc, sys\n"
@@ -18,9 +25,7 @@ def test_the_cli_freezes_start_up_and_collects_rarely():
         "    pass\n"
         "assert gc.get_threshold() == gc_policy.THRESHOLDS, gc.get_threshold()\n"
         "assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=ROOT, timeout=60)
-    assert result.returncode == 0, result.stderr[-2000:]
+    _python(code)
 
 
 def test_cycles_are_still_collected():
@@ -36,6 +41,4 @@ def test_cycles_are_still_collected():
         "    refs.append(weakref.ref(a)) if len(refs) < 1000 else None\n"
         "alive = sum(r() is not None for r in refs)\n"
         "assert alive < len(refs), alive\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=ROOT, timeout=60)
-    assert result.returncode == 0, result.stderr[-2000:]
+    _python(code)
