@@ -441,14 +441,6 @@ def column_comment(path: str, label: str | None) -> str:
     return f"{label} ({path})" if label else path
 
 
-def _won_ids(conn: psycopg.Connection, table: str) -> dict[str, bool]:
-    """The ids of the page's records whose version the base upsert kept -> whether the base
-    row was inserted (new) rather than updated."""
-    id_column = {"cases": "case_id", "forms": "form_id"}[table]
-    return {row[0]: row[1] for row in conn.execute(sql.SQL("select {}, inserted from {}").format(
-        sql.Identifier(id_column), sql.Identifier(f"_won_{table}")))}
-
-
 @dataclass
 class Write:
     """Rows to put in a table in place of what it holds for `ids`."""
@@ -743,8 +735,9 @@ def case_values(batch: Batch) -> dict[str, tuple[dict[str, str], tuple[str, ...]
 
 
 def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
-                     old_types: dict[str, str]) -> None:
-    won = _won_ids(catalog.conn, "cases")
+                     old_types: dict[str, str], won: dict[str, bool]) -> None:
+    """The case-type tables' rows of the page's cases in `won` (the ids whose version the base
+    upsert kept -> whether the base row was inserted rather than updated)."""
     if not won:
         return
     # Read before the old types' tables are looked up: on a run's first page nothing has read
@@ -790,8 +783,9 @@ def _repeat_parent(path: str, repeat_paths: Iterable[str]) -> str | None:
     return best
 
 
-def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch) -> None:
-    won = _won_ids(catalog.conn, "forms")
+def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch,
+                     won: dict[str, bool]) -> None:
+    """The form tables' rows of the page's forms in `won` (as load_case_tables)."""
     if not won:
         return
     catalog.ensure_loaded()

@@ -99,13 +99,13 @@ def _case_types_before(loader: "Loader", domain: str, batch: Batch, _: Any) -> A
 
 def _case_tables(loader: "Loader", domain: str, batch: Batch, old_types: Any) -> None:
     if loader.bi:
-        bi.load_case_tables(loader.catalog, domain, batch, old_types or {})
+        bi.load_case_tables(loader.catalog, domain, batch, old_types or {}, loader._won)
         loader.after_bi(CASES, "cases", domain)
 
 
 def _form_tables(loader: "Loader", domain: str, batch: Batch, _: Any) -> None:
     if loader.bi:
-        bi.load_form_tables(loader.catalog, loader.schema, domain, batch)
+        bi.load_form_tables(loader.catalog, loader.schema, domain, batch, loader._won)
         loader.after_bi(FORMS, "forms", domain)
 
 
@@ -191,7 +191,9 @@ class Loader:
     bi: bool = True  # also write the per-case-type / per-form BI tables
     _staged: set[str] = field(default_factory=set)
     _catalog: bi.Catalog | None = None
-    _won: dict[str, bool] = field(default_factory=dict)  # this page's upsert: id -> inserted
+    # The records this page wrote (its upsert kept their version): id -> inserted, as in the
+    # _won_<table> temp table that the SQL steps read.
+    _won: dict[str, bool] = field(default_factory=dict)
     _types: dict[str, list[int | None]] = field(default_factory=dict)  # table -> column oids
     _fast: bool = False  # this attempt at a page writes without savepoints (bi.FAST_PATH_FAILURES)
 
@@ -260,6 +262,7 @@ class Loader:
                     batch = self._batch_from_base(target, domain, ids)
                     self._stage(target.main)
                     self._mark_won(target.main, domain, ids, inserted=False)
+                    self._won = dict.fromkeys(ids, False)
                     if target.after:
                         target.after(self, domain, batch, {})
                     if self.catalog.deferred:  # still locked: try again next run
