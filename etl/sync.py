@@ -322,7 +322,9 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     starts from) is resumed. Otherwise the first page is loaded by itself: HQ's count on it
     says whether the rest is long enough to split, so a short read (a scheduled run) makes no
     request it would not make anyway, and its answer time whether HQ is slow enough for
-    windows to pay: slower than WINDOW_LATENCY and than loading the page."""
+    windows to pay: slower than WINDOW_LATENCY and than loading the page. A first page often
+    loads slower than the rest (the BI tables and columns its records need are made then), so
+    when it loaded slower than HQ answered, the second page is judged too."""
     if cursor.extra.get("windows"):
         planned = [Window.parse(w) for w in cursor.extra["windows"]]
         log.info("%s %s [%s]: resuming the %d windows of indexed_on an unfinished run began",
@@ -331,36 +333,47 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     at_once = windows_at_once(settings, stream.page_size)
     if at_once < 2:
         return [], pages
-    asked = time.monotonic()
-    first = next(pages, None)
-    waited = time.monotonic() - asked
-    if first is None:
-        return [], pages
-    first.cursor = first.cursor.with_extra(cursor_extra)
-    began = time.monotonic()
-    # Read off the page before it is transformed (which lets its records go).
-    oldest = first.records[0] if first.records else None
-    read = len(first.records)
-    batch = _transformed(loader, source, first, place.domain)
-    _load(loader, source, first, batch, report, place, stream.requests_made)
-    loaded = time.monotonic() - began
-    progress.advance(batch.records, first.total)
-    stopping.check()
-    after = first.cursor
-    # Where the windows begin: the cursor's indexed_on, or (HQ's v2 `next` holding the place)
-    # the newest the page held; that millisecond is read again, and upserted the same.
-    begin = first.high_water if isinstance(after, KeysetCursor) and after.next else (
-        getattr(after, "indexed_on", None))
-    rest = (first.total or 0) - read
-    if (not isinstance(after, IndexedOnCursor) or after.tie is not None or begin is None
-            or rest < 2 * WINDOW_PAGES * stream.page_size
-            or waited < max(WINDOW_LATENCY, loaded)):
+    total, read, oldest = None, 0, None  # of the pages loaded here
+    for _ in range(2):
+        asked = time.monotonic()
+        page = next(pages, None)
+        waited = time.monotonic() - asked
+        if page is None:
+            return [], pages
+        page.cursor = page.cursor.with_extra(cursor_extra)
+        began = time.monotonic()
+        # Read off the page before it is transformed (which lets its records go).
+        if oldest is None and page.records:
+            oldest = page.records[0]
+        read += len(page.records)
+        total = page.total if total is None else total  # said on a read's first page
+        batch = _transformed(loader, source, page, place.domain)
+        _load(loader, source, page, batch, report, place, stream.requests_made)
+        loaded = time.monotonic() - began
+        progress.advance(batch.records, page.total)
+        stopping.check()
+        after = page.cursor
+        # Where the windows begin: the cursor's indexed_on, or (HQ's v2 `next` holding the
+        # place) the newest the page held; that millisecond is read again, and upserted the same.
+        begin = page.high_water if isinstance(after, KeysetCursor) and after.next else (
+            getattr(after, "indexed_on", None))
+        rest = (total or 0) - read
+        if (not isinstance(after, IndexedOnCursor) or after.tie is not None or begin is None
+                or rest < 2 * WINDOW_PAGES * stream.page_size or waited < WINDOW_LATENCY):
+            return [], pages
+        if waited >= loaded:
+            break
+    else:
+        log.info("%s %s [%s]: HQ answered in %.2fs and a page loaded in %.2fs: reading the "
+                 "rest one page at a time, the next fetched while one loads (windows pay only "
+                 "when HQ is the slower)", report.command, stream.name, place.domain, waited,
+                 loaded)
         return [], pages
     pages.close()  # its next request would read what the windows read
     planned = windows.plan(stream, begin, rest, parts=at_once,
                            min_records=WINDOW_PAGES * stream.page_size,
                            concurrency=settings.max_concurrent_requests, until=after.until,
-                           reach=_reach(oldest, read, first.high_water, begin, rest))
+                           reach=_reach(oldest, read, page.high_water, begin, rest))
     if len(planned) < 2:  # nothing to split (e.g. one busy millisecond): read on in turn
         return [], stream.pages(after)
     # Saved before any window starts: a crash from here on resumes these same windows. The

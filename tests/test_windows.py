@@ -6,6 +6,7 @@ fewer requests in flight."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs
@@ -126,6 +127,56 @@ def test_a_fast_hq_or_one_request_at_a_time_reads_in_turn(sim_factory, schema, p
     slow.clear_requests()
     assert sync_stream(one, warehouse, make_client(one), "demo", "cases").status == "ok"
     assert _most_at_once(_list_requests(slow, "case")) == 1
+
+
+def _slow_loads(monkeypatch, seconds: float, pages: int) -> list:
+    """The first `pages` page loads each take `seconds` longer (as making the BI tables a
+    first page needs does); returns the list of loads seen."""
+    from etl.load.postgres import Loader
+
+    real, seen = Loader.load_page, []
+
+    def load_page(self, **kwargs):
+        seen.append(kwargs["partition"])
+        if len(seen) <= pages:
+            time.sleep(seconds)
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(Loader, "load_page", load_page)
+    return seen
+
+
+def test_a_first_page_slow_to_load_does_not_keep_windows_from_a_slow_hq(
+        slow_sim, schema, pg_url, warehouse, db, monkeypatch, caplog):
+    sim = slow_sim
+    settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100,
+                             max_concurrent_requests=3)
+    loads = _slow_loads(monkeypatch, SLOW + 0.4, pages=1)
+    sim.clear_requests()
+    caplog.set_level("INFO", logger="etl.sync")
+    assert sync_stream(settings, warehouse, make_client(settings), "demo", "cases").status == "ok"
+    assert_cases_match(db, schema, sim)
+    # Judged on the second page: two pages in turn, then the windows side by side.
+    assert loads[:2] == ["", ""] and all(p.startswith("window:") for p in loads[2:])
+    assert 1 < _most_at_once(_list_requests(sim, "case")) <= 3
+    assert any("reading them in" in r.getMessage() for r in caplog.records)
+
+
+def test_loads_slower_than_a_slow_hq_read_in_turn_and_say_why(sim_factory, schema, pg_url,
+                                                              warehouse, db, monkeypatch,
+                                                              caplog):
+    sim = sim_factory(n_cases=600, latency=SLOW)
+    settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100,
+                             max_concurrent_requests=3)
+    loads = _slow_loads(monkeypatch, SLOW + 0.4, pages=2)
+    caplog.set_level("INFO", logger="etl.sync")
+    sim.clear_requests()
+    assert sync_stream(settings, warehouse, make_client(settings), "demo", "cases").status == "ok"
+    assert_cases_match(db, schema, sim)
+    assert set(loads) == {""}  # no window
+    assert _most_at_once(_list_requests(sim, "case")) == 1
+    said = [r.getMessage() for r in caplog.records if "one page at a time" in r.getMessage()]
+    assert len(said) == 1 and "HQ answered in" in said[0], said
 
 
 def test_windows_cut_on_whole_milliseconds_and_the_last_is_open():
