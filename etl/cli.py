@@ -11,7 +11,7 @@ import sys
 from datetime import timedelta
 from typing import Callable, Sequence
 
-from etl import __version__, gc_policy, stopping
+from etl import __version__, memory, stopping
 from etl.config import Settings, load_settings
 from etl.errors import ConfigError, EtlError, ExitCode
 from etl.logs import setup_logging
@@ -357,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()  # which imports the pipeline: what start-up makes is made now
-    gc_policy.tune()
+    memory.tune()
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, stopping.on_sigterm)
     # Until the settings are read (they may be what is wrong), log as the environment asks, so

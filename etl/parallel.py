@@ -24,11 +24,11 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _worker_init(log_level: str, log_format: str) -> None:
-    from etl import gc_policy, stopping
+    from etl import memory, stopping
     from etl.logs import setup_logging
 
     setup_logging(log_level, log_format)
-    gc_policy.tune()
+    memory.tune()
     signal.signal(signal.SIGTERM, stopping.on_sigterm)
     if sys.platform.startswith("linux"):
         # Die with the parent, as a sequential run would: PostgreSQL rolls back the open page

@@ -1,4 +1,4 @@
-"""The collector settings of the CLI's process (etl/gc_policy.py)."""
+"""How the CLI's process manages memory (etl/memory.py)."""
 
 import subprocess
 import sys
@@ -17,25 +17,38 @@ def _python(code: str) -> None:
 def test_the_cli_freezes_start_up_and_collects_rarely():
     code = (
         "import gc, sys\n"
-        "from etl import cli, gc_policy\n"
+        "from etl import cli, memory\n"
         "assert gc.get_threshold()[0] < 10_000 and gc.get_freeze_count() == 0\n"
         "try:\n"
         "    cli.main(['--version'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "assert gc.get_threshold() == gc_policy.THRESHOLDS, gc.get_threshold()\n"
+        "assert gc.get_threshold() == memory.THRESHOLDS, gc.get_threshold()\n"
         "assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()\n")
+    _python(code)
+
+
+def test_malloc_keeps_few_arenas_where_glibc_is_the_allocator():
+    code = (
+        "import os, platform, sys\n"
+        "os.environ.pop('MALLOC_ARENA_MAX', None)\n"
+        "from etl import memory\n"
+        "done = memory.tune()\n"
+        "glibc = sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc'\n"
+        "assert done.get('malloc_arenas') == (memory.MALLOC_ARENAS if glibc else None), done\n"
+        "os.environ['MALLOC_ARENA_MAX'] = '8'\n"
+        "assert 'malloc_arenas' not in memory.tune()  # the operator's setting stands\n")
     _python(code)
 
 
 def test_cycles_are_still_collected():
     code = (
         "import gc, weakref\n"
-        "from etl import gc_policy\n"
-        "gc_policy.tune()\n"
+        "from etl import memory\n"
+        "memory.tune()\n"
         "class Node: pass\n"
         "refs = []\n"
-        "for _ in range(3 * gc_policy.THRESHOLDS[0]):\n"
+        "for _ in range(3 * memory.THRESHOLDS[0]):\n"
         "    a, b = Node(), Node()\n"
         "    a.other, b.other = b, a\n"
         "    refs.append(weakref.ref(a)) if len(refs) < 1000 else None\n"
