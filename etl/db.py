@@ -8,6 +8,7 @@ from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote
 
 import psycopg
 
@@ -81,17 +82,45 @@ def resolve_url(database_url: str | None, embedded_dir: Path) -> str:
     return sqlalchemy_url(url)
 
 
+# The credentials of a URL, as SQLAlchemy reads them: a user without ":", "/" or "@", then a
+# password up to the first "@" (which may hold a raw "/" or "%", as generated passwords do).
+_CREDENTIALS = re.compile(r"^(?P<user>[^:/@]*)(?::(?P<password>[^@]*))?@(?P<rest>.*)$", re.S)
+
+
+def _credentials(url: str) -> tuple[str, str | None, str | None, str]:
+    """(the part after "://" and the credentials, user, password, the part after "@"); user
+    and password decoded, None where the URL has none."""
+    rest = sqlalchemy_url(url).split("://", 1)[1]
+    found = _CREDENTIALS.match(rest)
+    if not found:
+        return rest, None, None, rest
+    password = found["password"]
+    return rest, unquote(found["user"]), None if password is None else unquote(password), (
+        found["rest"])
+
+
+def _url(user: str | None, password: str | None, rest: str) -> str:
+    if user is None:
+        return "postgresql://" + rest
+    secret = "" if password is None else ":" + password
+    return f"postgresql://{quote(user, safe='')}{secret}@{rest}"
+
+
 def libpq_url(url: str) -> str:
-    """The URL psycopg (libpq) takes for a SQLAlchemy one of ours."""
-    return "postgresql://" + sqlalchemy_url(url).split("://", 1)[1]
-
-
-_PASSWORD = re.compile(r"^(\w+://[^:/@]*:)[^@/]*(@)")
+    """The URL psycopg (libpq) takes for one of ours: the same server, user and password as
+    SQLAlchemy (the migrations) reads from it, the credentials encoded as libpq decodes them."""
+    whole, user, password, rest = _credentials(url)
+    if user is None:
+        return "postgresql://" + whole
+    return _url(user, None if password is None else quote(password, safe=""), rest)
 
 
 def masked_url(url: str) -> str:
-    """The URL with its password, if there is one, as ***."""
-    return _PASSWORD.sub(r"\1***\2", url)
+    """The URL to show: its password, if it has one, as ***."""
+    whole, user, password, rest = _credentials(url)
+    if user is None:
+        return "postgresql://" + whole
+    return _url(user, "***" if password else password, rest)
 
 
 def make_engine(url: str) -> "Engine":
@@ -104,8 +133,11 @@ def check_connection(dsn: str) -> None:
     try:
         with psycopg.connect(dsn, autocommit=True, application_name="commcare-etl") as conn:
             conn.execute("select 1")
-    except psycopg.OperationalError as exc:
+    except psycopg.Error as exc:  # a refused connection, or a URL libpq cannot read
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        password = _credentials(dsn)[2]
+        if password:
+            reason = reason.replace(password, "***").replace(quote(password, safe=""), "***")
         raise ConfigError(
             f"cannot connect to the warehouse database ({masked_url(dsn)}): "
             f"{reason}. Check DATABASE_URL and that PostgreSQL is running."

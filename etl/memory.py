@@ -13,8 +13,8 @@ so the rare cycles (an HTTP session, a dropped connection) are still freed.
 The arenas: glibc gives each thread that allocates its own arena, up to 8 per core, and keeps
 what was freed in each. With windows (several readers, each with a thread that fetches ahead)
 that held ~30 MB more at the peak than two arenas do (500 ms per request, 20,000 cases + 30,000
-forms: 241-268 MB against 222-230 MB over four runs each). A MALLOC_ARENA_MAX in the
-environment is left to glibc.
+forms: 241-268 MB against 222-230 MB over four runs each). An arena limit the operator set
+(MALLOC_ARENA_MAX, or glibc.malloc.arena_max in GLIBC_TUNABLES) is left to glibc.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def tune() -> dict[str, object]:
     gc.set_threshold(*THRESHOLDS)
     done: dict[str, object] = {"gc_thresholds": THRESHOLDS}
     if (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
-            and "MALLOC_ARENA_MAX" not in os.environ):
+            and "MALLOC_ARENA_MAX" not in os.environ
+            and "arena_max" not in os.environ.get("GLIBC_TUNABLES", "")):
         try:
             if ctypes.CDLL(None).mallopt(_M_ARENA_MAX, MALLOC_ARENAS) == 1:
                 done["malloc_arenas"] = MALLOC_ARENAS

@@ -32,12 +32,16 @@ def test_malloc_keeps_few_arenas_where_glibc_is_the_allocator():
     code = (
         "import os, platform, sys\n"
         "os.environ.pop('MALLOC_ARENA_MAX', None)\n"
+        "os.environ.pop('GLIBC_TUNABLES', None)\n"
         "from etl import memory\n"
         "done = memory.tune()\n"
         "glibc = sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc'\n"
         "assert done.get('malloc_arenas') == (memory.MALLOC_ARENAS if glibc else None), done\n"
         "os.environ['MALLOC_ARENA_MAX'] = '8'\n"
-        "assert 'malloc_arenas' not in memory.tune()  # the operator's setting stands\n")
+        "assert 'malloc_arenas' not in memory.tune()  # the operator's setting stands\n"
+        "del os.environ['MALLOC_ARENA_MAX']\n"
+        "os.environ['GLIBC_TUNABLES'] = 'glibc.malloc.arena_max=4'\n"
+        "assert 'malloc_arenas' not in memory.tune()\n")
     _python(code)
 
 
