@@ -376,9 +376,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the operator gets one line, the log the details
         import psycopg
 
-        sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")  # loaded only if a migration ran
-        database_errors = (psycopg.Error, *([sqlalchemy_exc.SQLAlchemyError]
-                                            if sqlalchemy_exc else []))
+        database_errors: tuple[type[BaseException], ...] = (psycopg.Error,)
+        if "sqlalchemy.exc" in sys.modules:  # loaded only if a migration ran
+            database_errors += (sys.modules["sqlalchemy.exc"].SQLAlchemyError,)
         if isinstance(exc, database_errors):
             _fail(f"database error: {str(exc).strip().splitlines()[0]}; the checkpoint stays "
                   f"at the last loaded page")

@@ -87,19 +87,19 @@ def resolve_url(database_url: str | None, embedded_dir: Path) -> str:
 _CREDENTIALS = re.compile(r"^(?P<user>[^:/@]*)(?::(?P<password>[^@]*))?@(?P<rest>.*)$", re.S)
 
 
-def _credentials(url: str) -> tuple[str, str | None, str | None, str]:
-    """(the part after "://" and the credentials, user, password, the part after "@"); user
-    and password decoded, None where the URL has none."""
-    rest = sqlalchemy_url(url).split("://", 1)[1]
-    found = _CREDENTIALS.match(rest)
+def _credentials(url: str) -> tuple[str | None, str | None, str]:
+    """(user, password, what follows them) of one of our URLs, the user and password decoded;
+    (None, None, all after "://") where it names none."""
+    after = sqlalchemy_url(url).split("://", 1)[1]
+    found = _CREDENTIALS.match(after)
     if not found:
-        return rest, None, None, rest
+        return None, None, after
     password = found["password"]
-    return rest, unquote(found["user"]), None if password is None else unquote(password), (
-        found["rest"])
+    return unquote(found["user"]), None if password is None else unquote(password), found["rest"]
 
 
 def _url(user: str | None, password: str | None, rest: str) -> str:
+    """A postgresql:// URL; `password` goes in as given (encoded, or a mask)."""
     if user is None:
         return "postgresql://" + rest
     secret = "" if password is None else ":" + password
@@ -109,18 +109,18 @@ def _url(user: str | None, password: str | None, rest: str) -> str:
 def libpq_url(url: str) -> str:
     """The URL psycopg (libpq) takes for one of ours: the same server, user and password as
     SQLAlchemy (the migrations) reads from it, the credentials encoded as libpq decodes them."""
-    whole, user, password, rest = _credentials(url)
-    if user is None:
-        return "postgresql://" + whole
+    user, password, rest = _credentials(url)
     return _url(user, None if password is None else quote(password, safe=""), rest)
 
 
 def masked_url(url: str) -> str:
     """The URL to show: its password, if it has one, as ***."""
-    whole, user, password, rest = _credentials(url)
-    if user is None:
-        return "postgresql://" + whole
+    user, password, rest = _credentials(url)
     return _url(user, "***" if password else password, rest)
+
+
+def _connect(dsn: str) -> psycopg.Connection:
+    return psycopg.connect(dsn, autocommit=True, application_name="commcare-etl")
 
 
 def make_engine(url: str) -> "Engine":
@@ -131,11 +131,11 @@ def make_engine(url: str) -> "Engine":
 
 def check_connection(dsn: str) -> None:
     try:
-        with psycopg.connect(dsn, autocommit=True, application_name="commcare-etl") as conn:
+        with _connect(dsn) as conn:
             conn.execute("select 1")
     except psycopg.Error as exc:  # a refused connection, or a URL libpq cannot read
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        password = _credentials(dsn)[2]
+        password = _credentials(dsn)[1]
         if password:
             reason = reason.replace(password, "***").replace(quote(password, safe=""), "***")
         raise ConfigError(
@@ -165,7 +165,7 @@ def head_revision() -> str:
 
 
 def _at_head(dsn: str, schema: str) -> bool:
-    with psycopg.connect(dsn, autocommit=True, application_name="commcare-etl") as conn:
+    with _connect(dsn) as conn:
         table = conn.execute("select to_regclass(%s)",
                              (f'"{schema}".alembic_version',)).fetchone()[0]
         if table is None:  # no schema or version table yet
@@ -206,10 +206,8 @@ class Warehouse:
         check_connection(warehouse.dsn)
         return warehouse
 
-    def connect(self):
-        import psycopg
-
-        conn = psycopg.connect(self.dsn, autocommit=True, application_name="commcare-etl")
+    def connect(self) -> psycopg.Connection:
+        conn = _connect(self.dsn)
         # Safe here, and saves a disk flush per page: each page commits with its checkpoint, so
         # a database crash can only lose the newest pages *and* their checkpoint, together;
         # the next run reads them again.
