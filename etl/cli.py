@@ -103,9 +103,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         from etl.reconcile import run_due
 
         runinfo.begin("schedule")  # each turn is an invocation of its own
-        warehouse.migrate()
-        reports = run_sync(settings, warehouse)
-        reconciled = run_due(settings, warehouse)
+        try:
+            warehouse.migrate()
+            reports = run_sync(settings, warehouse)
+            reconciled = run_due(settings, warehouse)
+        finally:
+            warehouse.close_idle()  # no connection held while the schedule waits
         failed = [r for r in reports if r.status != "ok"]
         if failed:
             log.error("%d of %d stream(s) failed; first: %s [%s]: %s", len(failed), len(reports),

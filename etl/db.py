@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
+from contextlib import contextmanager
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import quote, unquote
 
 import psycopg
@@ -129,11 +132,16 @@ def make_engine(url: str) -> "Engine":
     return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
 
 
-def check_connection(dsn: str) -> None:
+def check_connection(dsn: str) -> psycopg.Connection:
+    """A connection to the warehouse, or a ConfigError that says what to check."""
+    conn = None
     try:
-        with _connect(dsn) as conn:
-            conn.execute("select 1")
+        conn = _connect(dsn)
+        conn.execute("select 1")
+        return conn
     except psycopg.Error as exc:  # a refused connection, or a URL libpq cannot read
+        if conn is not None:
+            conn.close()
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         password = _credentials(dsn)[1]
         if password:
@@ -164,14 +172,13 @@ def head_revision() -> str:
     return max(m.group(1) for p in versions.iterdir() if (m := _MIGRATION.match(p.name)))
 
 
-def _at_head(dsn: str, schema: str) -> bool:
-    with _connect(dsn) as conn:
-        table = conn.execute("select to_regclass(%s)",
-                             (f'"{schema}".alembic_version',)).fetchone()[0]
-        if table is None:  # no schema or version table yet
-            return False
-        current = [row[0] for row in conn.execute(
-            f'select version_num from "{schema}".alembic_version')]
+def _at_head(conn: psycopg.Connection, schema: str) -> bool:
+    table = conn.execute("select to_regclass(%s)",
+                         (f'"{schema}".alembic_version',)).fetchone()[0]
+    if table is None:  # no schema or version table yet
+        return False
+    current = [row[0] for row in conn.execute(
+        f'select version_num from "{schema}".alembic_version')]
     return current == [head_revision()]
 
 
@@ -189,12 +196,22 @@ def migrate(engine: "Engine", schema: str) -> None:
 class Warehouse:
     """The warehouse database: psycopg connections (loads, checks), and a SQLAlchemy engine
     for alembic, made only when there is a migration to run (importing SQLAlchemy is about a
-    quarter of a scheduled run's start-up)."""
+    quarter of a scheduled run's start-up).
+
+    A connection given back in a clean state is kept for the next `connect()` for a short
+    while: against a warehouse on another host each new connection costs a TLS handshake and
+    an authentication (tens of ms, more over a long link), and a run opens one to check the
+    database, one for the schema version and one per stream."""
+
+    IDLE_SECONDS = 30.0  # a kept connection older than this is closed, not used
+    KEEP = 2  # connections kept at most
 
     def __init__(self, url: str, schema: str):
         self.url = sqlalchemy_url(url)
         self.schema = schema
         self.dsn = libpq_url(url)
+        self._idle: list[tuple[float, psycopg.Connection]] = []
+        self._idle_lock = threading.Lock()
 
     @cached_property
     def engine(self) -> "Engine":
@@ -203,21 +220,79 @@ class Warehouse:
     @classmethod
     def open(cls, database_url: str | None, embedded_dir: Path, schema: str) -> "Warehouse":
         warehouse = cls(resolve_url(database_url, embedded_dir), schema)
-        check_connection(warehouse.dsn)
+        warehouse._give_back(check_connection(warehouse.dsn))
         return warehouse
 
-    def connect(self) -> psycopg.Connection:
-        conn = _connect(self.dsn)
-        # Safe here, and saves a disk flush per page: each page commits with its checkpoint, so
-        # a database crash can only lose the newest pages *and* their checkpoint, together;
-        # the next run reads them again.
-        conn.execute("set synchronous_commit = off")
-        return conn
+    @contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        """A connection for a block (`with warehouse.connect() as conn:`), autocommit. At the
+        block's end it is closed, or, when nothing of the block is left on it, kept."""
+        conn, kept = self._checkout()
+        try:
+            try:
+                # Safe here, and saves a disk flush per page: each page commits with its
+                # checkpoint, so a database crash can only lose the newest pages *and* their
+                # checkpoint, together; the next run reads them again.
+                conn.execute("set synchronous_commit = off")
+            except psycopg.OperationalError:
+                if not kept:
+                    raise
+                conn.close()  # a kept one the server has closed since (a restart): anew
+                conn = _connect(self.dsn)
+                conn.execute("set synchronous_commit = off")
+            yield conn
+        except BaseException:
+            conn.close()
+            raise
+        self._give_back(conn)
+
+    def _checkout(self) -> tuple[psycopg.Connection, bool]:
+        """A kept connection (and True), or a new one (and False)."""
+        now, stale, conn = time.monotonic(), [], None
+        with self._idle_lock:
+            while self._idle and conn is None:
+                since, kept = self._idle.pop()  # the newest first
+                if now - since < self.IDLE_SECONDS and not kept.closed:
+                    conn = kept
+                else:
+                    stale.append(kept)
+        for kept in stale:
+            kept.close()
+        return (conn, True) if conn is not None else (_connect(self.dsn), False)
+
+    def _give_back(self, conn: psycopg.Connection) -> None:
+        """Keep `conn` for a later block when it is open, outside any transaction, and there
+        is room; else close it. The reset leaves nothing of the last block on it: its temp
+        tables, settings, advisory locks. (Not DISCARD ALL: it deallocates the prepared
+        statements psycopg keeps track of, and psycopg 3 notices only the first time.)"""
+        with self._idle_lock:
+            room = len(self._idle) < self.KEEP
+        if room and not conn.closed and (
+                conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE):
+            try:
+                conn.execute("discard temp; reset all; select pg_advisory_unlock_all(); "
+                             "unlisten *")
+            except psycopg.Error:
+                pass
+            else:
+                with self._idle_lock:
+                    self._idle.append((time.monotonic(), conn))
+                return
+        conn.close()
+
+    def close_idle(self) -> None:
+        """Close the connections kept for later (e.g. between a schedule's runs)."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for _, conn in idle:
+            conn.close()
 
     def migrate(self) -> None:
-        """Bring the schema up to date. An up-to-date schema costs one connection and two
-        queries: SQLAlchemy and alembic are loaded only when there is work for them."""
-        if not _at_head(self.dsn, self.schema):
+        """Bring the schema up to date. An up-to-date schema costs two queries on a connection
+        kept from the check: SQLAlchemy and alembic are loaded only when there is work."""
+        with self.connect() as conn:
+            current = _at_head(conn, self.schema)
+        if not current:
             migrate(self.engine, self.schema)
 
     def display_url(self) -> str:
@@ -225,5 +300,6 @@ class Warehouse:
         return masked_url(self.dsn)
 
     def dispose(self) -> None:
+        self.close_idle()
         if "engine" in self.__dict__:
             self.engine.dispose()

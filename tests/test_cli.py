@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from etl.errors import ExitCode
-from tests.conftest import cli_env, run_cli
+from tests.conftest import ROOT, cli_env, run_cli
 
 
 def test_sync_succeeds_and_says_what_it_did(sim, schema, pg_url, db):
@@ -218,3 +221,22 @@ def test_logging_options_work_after_the_command_and_simulate_explains_itself(sim
     assert helped.returncode == 0
     for option, default in (("--port", "8000"), ("--cases", "500"), ("--replicas", "3")):
         assert option in helped.stdout and f"default: {default}" in helped.stdout
+
+
+def test_a_failed_migration_is_a_database_error_not_a_crash(sim, schema, pg_url):
+    # SQLAlchemy is loaded only to migrate: its errors must still read as database errors.
+    code = (
+        "import sys\n"
+        "import sqlalchemy.exc\n"
+        "import etl.db\n"
+        "def full_disk(engine, schema):\n"
+        "    raise sqlalchemy.exc.OperationalError(\n"
+        "        'CREATE TABLE ...', {}, Exception('could not extend file: No space left on device'))\n"
+        "etl.db.migrate = full_disk\n"
+        "from etl import cli\n"
+        "sys.exit(cli.main(['migrate']))\n")
+    result = subprocess.run([sys.executable, "-c", code], env=cli_env(sim.base_url, schema, pg_url),
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == ExitCode.FAILURE, result.stderr[-2000:]
+    assert "database error" in result.stderr and "No space left on device" in result.stderr
+    assert "unexpected error" not in result.stderr and "Traceback" not in result.stderr

@@ -51,4 +51,5 @@ def test_an_up_to_date_schema_is_checked_without_sqlalchemy_or_alembic(warehouse
     # A schema one migration behind is not mistaken for an up-to-date one.
     db.execute(f'update "{schema}".alembic_version set version_num = %s',
                (_revisions()[-2][1],))
-    assert not _at_head(warehouse.dsn, schema)
+    with warehouse.connect() as conn:
+        assert not _at_head(conn, schema)

@@ -2,7 +2,9 @@
 
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,3 +61,28 @@ def test_cycles_are_still_collected():
         "alive = sum(r() is not None for r in refs)\n"
         "assert alive < len(refs), alive\n")
     _python(code)
+
+
+@dataclass
+class _Seen:
+    thresholds: tuple
+    frozen: int
+    exception: BaseException | None = None
+
+
+def _what_a_worker_has(settings, url, schema, job) -> _Seen:  # run in a PARALLEL_STREAMS worker
+    import gc
+
+    return _Seen(gc.get_threshold(), gc.get_freeze_count())
+
+
+def test_parallel_stream_workers_are_tuned_as_the_cli_is():
+    from etl import memory
+    from etl.parallel import run_parallel
+
+    settings = SimpleNamespace(log_level="WARNING", log_format="text")
+    reports = run_parallel(_what_a_worker_has, settings, "postgresql://unused", "s",
+                           [("demo", "cases"), ("demo", "forms")], workers=2,
+                           invocation=("id", "manual"), cancelled=lambda job, exc: None)
+    assert [r.thresholds for r in reports] == [memory.THRESHOLDS] * 2
+    assert all(r.frozen > 0 for r in reports)

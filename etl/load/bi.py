@@ -504,7 +504,7 @@ def _delete(catalog: Catalog, write: Write, domain: str, ids: list[str]) -> dict
     removed values did not parse (counted in the same statement)."""
     conn = catalog.conn
     casts = catalog.typed.get(write.table)
-    delete = sql.SQL("delete from {} where domain = %s and {} = any(%s)").format(
+    delete = sql.SQL("delete from {} where domain = %s and {} = any(%b)").format(
         catalog.t(write.table), sql.Identifier(write.id_column))
     if not casts:
         conn.execute(delete, (domain, ids))
@@ -537,7 +537,7 @@ def _unparsed_written(catalog: Catalog, written: list[tuple[Write, list[tuple]]]
         return {}
     keys = sorted(values)
     counts = catalog.conn.execute(sql.SQL("select {}").format(sql.SQL(", ").join(
-        sql.SQL("(select count(*) from unnest(%s::text[]) v where {})").format(
+        sql.SQL("(select count(*) from unnest(%b::text[]) v where {})").format(
             _unparsed_sql(catalog, key, sql.Identifier("v"))) for key in keys)),
         [values[key] for key in keys]).fetchone()
     return dict(zip(keys, counts))
@@ -709,7 +709,7 @@ def previous_case_types(conn: psycopg.Connection, schema: str, domain: str,
         return changed
     new_types = {row.case_id: row.case_type for row in rows}
     for case_id, old_type in conn.execute(sql.SQL(
-            "select case_id, case_type from {}.cases where domain = %s and case_id = any(%s)"
+            "select case_id, case_type from {}.cases where domain = %s and case_id = any(%b)"
     ).format(sql.Identifier(schema)), (domain, list(new_types))):
         if old_type and old_type != new_types.get(case_id):
             changed[case_id] = old_type

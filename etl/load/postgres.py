@@ -268,7 +268,7 @@ class Loader:
                     if self.catalog.deferred:  # still locked: try again next run
                         raise _StillBusy
                     self.conn.execute(sql.SQL(
-                        "delete from {} where domain = %s and stream = %s and record_id = any(%s)"
+                        "delete from {} where domain = %s and stream = %s and record_id = any(%b)"
                     ).format(self._table("bi_pending")), (domain, stream, ids))
                     state.add_dead_letters(self.conn, self.schema, domain, stream, batch.rejects)
                 committed = True
@@ -284,7 +284,7 @@ class Loader:
         """The page a transform would have made of these records, read back from the base."""
         main = target.main
         batch = Batch()
-        rows = self.conn.execute(sql.SQL("select {} from {} where domain = %s and {} = any(%s)")
+        rows = self.conn.execute(sql.SQL("select {} from {} where domain = %s and {} = any(%b)")
                                  .format(sql.SQL(", ").join(map(sql.Identifier, main.columns)),
                                          self._table(main.name), sql.Identifier(main.key[1])),
                                  (domain, ids)).fetchall()
@@ -296,7 +296,7 @@ class Loader:
                 batch.sources[row.form_id] = {"form": row.form or {}}
         for child in target.children:
             for row in self.conn.execute(sql.SQL(
-                    "select {} from {} where domain = %s and {} = any(%s)").format(
+                    "select {} from {} where domain = %s and {} = any(%b)").format(
                     sql.SQL(", ").join(map(sql.Identifier, child.columns)),
                     self._table(child.name), sql.Identifier(main.key[1])), (domain, ids)):
                 batch.add(child.name, child.row(row))
@@ -599,13 +599,13 @@ class Loader:
 
     def _mark_won(self, spec: TableSpec, domain: str, ids: list[str], inserted: bool) -> None:
         """Note `ids` in _won_<table> (the records this page wrote), as the upsert does."""
-        self.conn.execute(sql.SQL("insert into {} select %s, x, %s from unnest(%s::text[]) x")
+        self.conn.execute(sql.SQL("insert into {} select %s, x, %s from unnest(%b::text[]) x")
                           .format(sql.Identifier(f"_won_{spec.name}")), (domain, inserted, ids))
 
     def _already_there(self, spec: TableSpec, domain: str, ids: list[str]) -> set[str]:
         id_column = sql.Identifier(spec.key[1])
         return {r[0] for r in self.conn.execute(
-            sql.SQL("select {} from {} where {} = %s and {} = any(%s)").format(
+            sql.SQL("select {} from {} where {} = %s and {} = any(%b)").format(
                 id_column, self._table(spec.name), sql.Identifier(spec.key[0]), id_column),
             (domain, ids))}
 
@@ -636,7 +636,7 @@ class Loader:
             self._copy(stage, spec, rows)
         cols = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
         key = sql.SQL(", ").join(map(sql.Identifier, spec.key))
-        delete = sql.SQL("delete from {} where domain = %s and {} = any(%s)").format(
+        delete = sql.SQL("delete from {} where domain = %s and {} = any(%b)").format(
             self._table(spec.name), sql.Identifier(parent.key[1]))
 
         def write(fresh: set[str]) -> None:

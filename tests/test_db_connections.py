@@ -1,0 +1,98 @@
+"""The warehouse's connections: the start-up check's connection is the run's, a block leaves
+nothing behind on a connection kept for the next, and a connection in doubt is closed."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from etl import state
+from etl.db import Warehouse
+
+
+@pytest.fixture
+def opened(pg_url: str, schema: str):
+    wh = Warehouse.open(pg_url, None, schema)
+    yield wh
+    wh.dispose()
+
+
+def _pid(conn: psycopg.Connection) -> int:
+    return conn.info.backend_pid
+
+
+def test_the_start_up_check_migration_check_and_streams_share_one_connection(opened, schema):
+    opened.migrate()  # creates the schema (alembic) the first time: on an engine of its own
+    with opened.connect() as conn:
+        first = _pid(conn)
+    opened.migrate()  # at head: two queries on the kept connection
+    with opened.connect() as conn:
+        assert _pid(conn) == first
+        assert conn.execute("show synchronous_commit").fetchone()[0] == "off"
+    with opened.connect() as a, opened.connect() as b:  # at once: two connections
+        assert _pid(a) != _pid(b)
+        assert first in (_pid(a), _pid(b))
+
+
+def test_a_kept_connection_holds_nothing_of_the_block_before(opened, schema):
+    opened.migrate()
+    with opened.connect() as conn:
+        pid = _pid(conn)
+        conn.execute("create temp table leftover (x int)")
+        conn.execute("set work_mem = '7MB'")
+        with state.stream_lock(conn, schema, "demo", "cases"):
+            pass
+        conn.execute("select pg_advisory_lock(12345)")  # a lock a block forgot to release
+    with opened.connect() as conn:
+        assert _pid(conn) == pid
+        assert conn.execute("select to_regclass('pg_temp.leftover')").fetchone()[0] is None
+        assert conn.execute("show work_mem").fetchone()[0] != "7MB"
+        assert conn.execute("show synchronous_commit").fetchone()[0] == "off"
+        with psycopg.connect(opened.dsn, autocommit=True) as other:  # the lock is free
+            assert other.execute("select pg_try_advisory_lock(12345)").fetchone()[0]
+
+
+def test_a_connection_in_doubt_is_closed_not_kept(opened):
+    with pytest.raises(RuntimeError):
+        with opened.connect() as conn:
+            failed = conn
+            raise RuntimeError("a block that failed")
+    assert failed.closed
+    with opened.connect() as conn:  # one left inside a transaction
+        left_open = conn
+        conn.execute("begin")
+    assert left_open.closed
+    with opened.connect() as conn:
+        assert _pid(conn) not in (None, 0)
+
+
+def test_an_old_or_broken_kept_connection_is_replaced(opened, monkeypatch):
+    with opened.connect() as conn:
+        pid = _pid(conn)
+    with psycopg.connect(opened.dsn, autocommit=True) as admin:  # the server drops it
+        admin.execute("select pg_terminate_backend(%s)", (pid,))
+    monkeypatch.setattr(Warehouse, "IDLE_SECONDS", 0.0)  # and it is too old anyway
+    with opened.connect() as conn:
+        assert _pid(conn) != pid
+        assert conn.execute("select 1").fetchone()[0] == 1
+    kept = list(opened._idle)
+    opened.close_idle()
+    assert kept and all(c.closed for _, c in kept) and not opened._idle
+
+
+def test_a_kept_connection_the_server_closed_since_is_made_anew(opened):
+    with opened.connect() as conn:
+        pid = _pid(conn)
+    with psycopg.connect(opened.dsn, autocommit=True) as admin:  # e.g. a server restart
+        admin.execute("select pg_terminate_backend(%s)", (pid,))
+    with opened.connect() as conn:
+        assert _pid(conn) != pid
+        assert conn.execute("show synchronous_commit").fetchone()[0] == "off"
+
+
+def test_statements_psycopg_prepared_still_run_on_a_kept_connection(opened):
+    query = "select %s::int + 1"
+    for _ in range(3):  # each block runs it often enough to be prepared, then gives it back
+        with opened.connect() as conn:
+            for n in range(8):
+                assert conn.execute(query, (n,)).fetchone()[0] == n + 1
