@@ -333,7 +333,9 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     at_once = windows_at_once(settings, stream.page_size)
     if at_once < 2:
         return [], pages
-    total, read, oldest = None, 0, None  # of the pages loaded here
+    # Of the pages loaded here: HQ's count, the distinct records read (a page re-reads the
+    # last millisecond of the one before), the oldest record.
+    total, read, rejected, oldest = None, set(), 0, None
     for _ in range(2):
         asked = time.monotonic()
         page = next(pages, None)
@@ -345,9 +347,11 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
         # Read off the page before it is transformed (which lets its records go).
         if oldest is None and page.records:
             oldest = page.records[0]
-        read += len(page.records)
         total = page.total if total is None else total  # said on a read's first page
         batch = _transformed(loader, source, page, place.domain)
+        main = source.target.main
+        read.update(getattr(row, main.key[1]) for row in batch.rows.get(main.name, ()))
+        rejected += len(batch.rejects)
         _load(loader, source, page, batch, report, place, stream.requests_made)
         loaded = time.monotonic() - began
         progress.advance(batch.records, page.total)
@@ -357,7 +361,7 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
         # place) the newest the page held; that millisecond is read again, and upserted the same.
         begin = page.high_water if isinstance(after, KeysetCursor) and after.next else (
             getattr(after, "indexed_on", None))
-        rest = (total or 0) - read
+        rest = (total or 0) - len(read) - rejected
         if (not isinstance(after, IndexedOnCursor) or after.tie is not None or begin is None
                 or rest < 2 * WINDOW_PAGES * stream.page_size or waited < WINDOW_LATENCY):
             return [], pages
@@ -373,7 +377,8 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     planned = windows.plan(stream, begin, rest, parts=at_once,
                            min_records=WINDOW_PAGES * stream.page_size,
                            concurrency=settings.max_concurrent_requests, until=after.until,
-                           reach=_reach(oldest, read, page.high_water, begin, rest))
+                           reach=_reach(oldest, len(read) + rejected, page.high_water, begin,
+                                        rest))
     if len(planned) < 2:  # nothing to split (e.g. one busy millisecond): read on in turn
         return [], stream.pages(after)
     # Saved before any window starts: a crash from here on resumes these same windows. The

@@ -131,13 +131,19 @@ def test_a_fast_hq_or_one_request_at_a_time_reads_in_turn(sim_factory, schema, p
 
 def _slow_loads(monkeypatch, seconds: float, pages: int) -> list:
     """The first `pages` page loads each take `seconds` longer (as making the BI tables a
-    first page needs does); returns the list of loads seen."""
+    first page needs does); returns the list of loads seen (their partitions, and in `.ids`
+    their case ids)."""
     from etl.load.postgres import Loader
 
-    real, seen = Loader.load_page, []
+    class Seen(list):
+        ids: list[set[str]]  # the case ids each load held
+
+    real, seen = Loader.load_page, Seen()
+    seen.ids = []
 
     def load_page(self, **kwargs):
         seen.append(kwargs["partition"])
+        seen.ids.append({row.case_id for row in kwargs["batch"].rows.get("cases", [])})
         if len(seen) <= pages:
             time.sleep(seconds)
         return real(self, **kwargs)
@@ -159,7 +165,14 @@ def test_a_first_page_slow_to_load_does_not_keep_windows_from_a_slow_hq(
     # Judged on the second page: two pages in turn, then the windows side by side.
     assert loads[:2] == ["", ""] and all(p.startswith("window:") for p in loads[2:])
     assert 1 < _most_at_once(_list_requests(sim, "case")) <= 3
-    assert any("reading them in" in r.getMessage() for r in caplog.records)
+    planned = [r.getMessage() for r in caplog.records if "reading them in" in r.getMessage()]
+    assert len(planned) == 1
+    # What is left to read: HQ's count less the distinct cases of the two pages read (the
+    # second re-read the first's last millisecond).
+    total = db.execute(f'select count(*) from "{schema}".cases').fetchone()[0]
+    read = loads.ids[0] | loads.ids[1]
+    assert len(read) < len(loads.ids[0]) + len(loads.ids[1])
+    assert f"about {total - len(read)} more records" in planned[0], planned
 
 
 def test_loads_slower_than_a_slow_hq_read_in_turn_and_say_why(sim_factory, schema, pg_url,
