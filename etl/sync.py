@@ -333,9 +333,24 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     at_once = windows_at_once(settings, stream.page_size)
     if at_once < 2:
         return [], pages
+    asking = ThreadPoolExecutor(1, thread_name_prefix="hq-plan")
+    try:
+        return _judge_and_plan(settings, warehouse, loader, source, stream, pages, report,
+                               place, cursor_extra, progress, at_once, asking)
+    finally:
+        asking.shutdown(wait=False, cancel_futures=True)  # a probe a plan did not use
+
+
+def _judge_and_plan(settings: Settings, warehouse: Warehouse, loader: Loader,
+                    source: type[sources.Source], stream: Stream, pages: Iterator[Page],
+                    report: StreamReport, place: _Place, cursor_extra: dict,
+                    progress: Progress, at_once: int, asking: ThreadPoolExecutor
+                    ) -> tuple[list[Window], Iterator[Page]]:
+    """_plan_windows once there is no plan to resume; `asking` sends the plan's first request
+    while a page loads."""
     # Of the pages loaded here: HQ's count, the distinct records read (a page re-reads the
-    # last millisecond of the one before), the oldest record.
-    total, read, rejected, oldest = None, set(), 0, None
+    # last millisecond of the one before), the oldest record; the newest record, asked.
+    total, read, rejected, oldest, newest = None, set(), 0, None, None
     for _ in range(2):
         asked = time.monotonic()
         page = next(pages, None)
@@ -343,6 +358,13 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
         if page is None:
             return [], pages
         page.cursor = page.cursor.with_extra(cursor_extra)
+        if (newest is None and waited >= WINDOW_LATENCY and getattr(stream, "newest_first", True)
+                and isinstance(page.cursor, IndexedOnCursor) and page.cursor.indexed_on
+                and (page.total or 0) - len(page.records) >= 2 * WINDOW_PAGES * stream.page_size):
+            # HQ is slow: the plan's first request (the newest record) goes now, while this
+            # page loads, rather than after; wasted (one small request) if the plan is not made.
+            newest = asking.submit(stream.probe, page.cursor.indexed_on, page.cursor.until,
+                                   newest=True)
         began = time.monotonic()
         # Read off the page before it is transformed (which lets its records go).
         if oldest is None and page.records:
@@ -378,7 +400,7 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
                            min_records=WINDOW_PAGES * stream.page_size,
                            concurrency=settings.max_concurrent_requests, until=after.until,
                            reach=_reach(oldest, len(read) + rejected, page.high_water, begin,
-                                        rest))
+                                        rest), newest=newest)
     if len(planned) < 2:  # nothing to split (e.g. one busy millisecond): read on in turn
         return [], stream.pages(after)
     # Saved before any window starts: a crash from here on resumes these same windows. The

@@ -165,6 +165,12 @@ def test_a_first_page_slow_to_load_does_not_keep_windows_from_a_slow_hq(
     # Judged on the second page: two pages in turn, then the windows side by side.
     assert loads[:2] == ["", ""] and all(p.startswith("window:") for p in loads[2:])
     assert 1 < _most_at_once(_list_requests(sim, "case")) <= 3
+    # The plan's first request (the newest case) went while the first page loaded: before
+    # the second page was asked for, and once only.
+    requests = sorted(_list_requests(sim, "case"), key=lambda r: r.at)
+    newest = [n for n, r in enumerate(requests)
+              if parse_qs(r.query).get("order_by") == ["-indexed_on"]]
+    assert newest == [1], [(r.query, r.at) for r in requests[:4]]
     planned = [r.getMessage() for r in caplog.records if "reading them in" in r.getMessage()]
     assert len(planned) == 1
     # What is left to read: HQ's count less the distinct cases of the two pages read (the

@@ -18,7 +18,7 @@ that held records, a round at a time.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -50,7 +50,8 @@ class _Range:
 
 def plan(stream: IndexedOnStream, start: datetime, total: int, *, parts: int,
          min_records: int, concurrency: int = 1, until: datetime | None = None,
-         reach: datetime | None = None) -> list[Window]:
+         reach: datetime | None = None,
+         newest: Future[tuple[int, datetime | None]] | None = None) -> list[Window]:
     """Windows from `start` on, holding about the same number of records each, the last one
     ending at `until` (a backfill's end), or open-ended; `total` is HQ's count from `start`
     on. A single window when there are too few records for splitting to pay, or they cannot
@@ -63,16 +64,17 @@ def plan(stream: IndexedOnStream, start: datetime, total: int, *, parts: int,
     first (Case API v2) is sliced up to `reach` (a guess at where its records end) or now
     instead, and again up to the last slice that held records, until the last slice holds
     some (each round narrows the span 2 x `parts` times; a guess that fell short, with
-    records after it, is dropped for now)."""
+    records after it, is dropped for now). `newest`: the first round, asked already (the
+    newest record of `start`, or of an earlier start, on, to `until`)."""
     if parts < 2 or total < 2 * min_records:
         return [Window(start, until)]
     first = truncate_ms(start)
     if getattr(stream, "newest_first", True):
-        _, newest = stream.probe(start, until, newest=True)
-        if newest is None or newest <= first:
+        _, last = newest.result() if newest else stream.probe(start, until, newest=True)
+        if last is None or last <= first:
             return [Window(start, until)]
-        end = _plus(newest, ONE_MS) if until is None else min(_plus(newest, ONE_MS),
-                                                               _plus(until, ONE_US))
+        end = _plus(last, ONE_MS) if until is None else min(_plus(last, ONE_MS),
+                                                             _plus(until, ONE_US))
         pieces = _count(stream, first, end, 2 * parts, concurrency)
     else:
         cap = _plus(until, ONE_US) if until is not None else (
