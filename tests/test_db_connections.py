@@ -96,3 +96,23 @@ def test_statements_psycopg_prepared_still_run_on_a_kept_connection(opened):
         with opened.connect() as conn:
             for n in range(8):
                 assert conn.execute(query, (n,)).fetchone()[0] == n + 1
+
+
+def test_a_sync_with_nothing_new_opens_one_database_session(sim, settings, pg_url, schema,
+                                                            monkeypatch):
+    from etl import db
+    from etl.sync import run_sync
+
+    first = Warehouse.open(pg_url, None, schema)
+    first.migrate()
+    assert all(r.status == "ok" for r in run_sync(settings, first))
+    first.dispose()
+    opened = []
+    real = db._connect
+    monkeypatch.setattr(db, "_connect", lambda dsn: opened.append(dsn) or real(dsn))
+    again = Warehouse.open(pg_url, None, schema)  # as the CLI does: check, migrate, sync
+    again.migrate()
+    reports = run_sync(settings, again)
+    again.dispose()
+    assert len(reports) == 3 and all(r.status == "ok" and r.inserted == 0 for r in reports)
+    assert len(opened) == 1, opened

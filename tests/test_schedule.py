@@ -14,7 +14,7 @@ import pytest
 
 from etl.errors import ConfigError, HQError
 from etl.schedule import Schedule, run_forever
-from tests.conftest import cli_env
+from tests.conftest import ROOT, cli_env
 from tests.matching import assert_warehouse_matches
 
 
@@ -102,3 +102,24 @@ def test_run_lives_through_an_hq_outage(sim_factory, schema, pg_url):
             proc.kill()
     assert proc.returncode == 0
     assert "failed" in stderr and "trying again at" in stderr
+
+
+def test_the_scheduled_job_holds_no_database_connection_between_runs(sim, schema, pg_url):
+    code = (
+        "import sys\n"
+        "import etl.db, etl.schedule\n"
+        "opened = []\n"
+        "real_open = etl.db.Warehouse.open.__func__\n"
+        "etl.db.Warehouse.open = classmethod(\n"
+        "    lambda cls, *a, **k: opened.append(real_open(cls, *a, **k)) or opened[-1])\n"
+        "def one_turn(turn, schedule):\n"
+        "    assert turn()\n"
+        "    assert len(opened) == 1 and opened[0]._idle == [], opened[0]._idle\n"
+        "    return 0\n"
+        "etl.schedule.run_forever = one_turn\n"
+        "from etl import cli\n"
+        "sys.exit(cli.main(['run', '--every', '1h']))\n")
+    result = subprocess.run([sys.executable, "-c", code], env=cli_env(sim.base_url, schema, pg_url),
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "sync finished" in result.stderr
