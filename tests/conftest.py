@@ -119,6 +119,13 @@ def cli_env(sim_url: str, schema: str, pg_url: str, **extra: str) -> dict[str, s
     return env
 
 
+def run_cli_patched(code: str, env: dict[str, str], timeout: float = 120
+                    ) -> subprocess.CompletedProcess:
+    """Run `code` (which patches something, then calls etl.cli.main) in a new interpreter."""
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 120,
             cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "etl", *args], env=env, capture_output=True,

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from etl.errors import ExitCode
-from tests.conftest import ROOT, cli_env, run_cli
+from tests.conftest import cli_env, run_cli, run_cli_patched
 
 
 def test_sync_succeeds_and_says_what_it_did(sim, schema, pg_url, db):
@@ -235,8 +232,7 @@ def test_a_failed_migration_is_a_database_error_not_a_crash(sim, schema, pg_url)
         "etl.db.migrate = full_disk\n"
         "from etl import cli\n"
         "sys.exit(cli.main(['migrate']))\n")
-    result = subprocess.run([sys.executable, "-c", code], env=cli_env(sim.base_url, schema, pg_url),
-                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    result = run_cli_patched(code, cli_env(sim.base_url, schema, pg_url))
     assert result.returncode == ExitCode.FAILURE, result.stderr[-2000:]
     assert "database error" in result.stderr and "No space left on device" in result.stderr
     assert "unexpected error" not in result.stderr and "Traceback" not in result.stderr

@@ -14,7 +14,7 @@ import pytest
 
 from etl.errors import ConfigError, HQError
 from etl.schedule import Schedule, run_forever
-from tests.conftest import ROOT, cli_env
+from tests.conftest import cli_env, run_cli_patched
 from tests.matching import assert_warehouse_matches
 
 
@@ -119,7 +119,6 @@ def test_the_scheduled_job_holds_no_database_connection_between_runs(sim, schema
         "etl.schedule.run_forever = one_turn\n"
         "from etl import cli\n"
         "sys.exit(cli.main(['run', '--every', '1h']))\n")
-    result = subprocess.run([sys.executable, "-c", code], env=cli_env(sim.base_url, schema, pg_url),
-                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    result = run_cli_patched(code, cli_env(sim.base_url, schema, pg_url))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "sync finished" in result.stderr
