@@ -7,7 +7,7 @@ import queue
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator, TypeVar
@@ -333,21 +333,6 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     at_once = windows_at_once(settings, stream.page_size)
     if at_once < 2:
         return [], pages
-    asking = ThreadPoolExecutor(1, thread_name_prefix="hq-plan")
-    try:
-        return _judge_and_plan(settings, warehouse, loader, source, stream, pages, report,
-                               place, cursor_extra, progress, at_once, asking)
-    finally:
-        asking.shutdown(wait=False, cancel_futures=True)  # a probe a plan did not use
-
-
-def _judge_and_plan(settings: Settings, warehouse: Warehouse, loader: Loader,
-                    source: type[sources.Source], stream: Stream, pages: Iterator[Page],
-                    report: StreamReport, place: _Place, cursor_extra: dict,
-                    progress: Progress, at_once: int, asking: ThreadPoolExecutor
-                    ) -> tuple[list[Window], Iterator[Page]]:
-    """_plan_windows once there is no plan to resume; `asking` sends the plan's first request
-    while a page loads."""
     # Of the pages loaded here: HQ's count, the distinct records read (a page re-reads the
     # last millisecond of the one before), the oldest record; the newest record, asked.
     total, read, rejected, oldest, newest = None, set(), 0, None, None
@@ -363,8 +348,8 @@ def _judge_and_plan(settings: Settings, warehouse: Warehouse, loader: Loader,
                 and (page.total or 0) - len(page.records) >= 2 * WINDOW_PAGES * stream.page_size):
             # HQ is slow: the plan's first request (the newest record) goes now, while this
             # page loads, rather than after; wasted (one small request) if the plan is not made.
-            newest = asking.submit(stream.probe, page.cursor.indexed_on, page.cursor.until,
-                                   newest=True)
+            newest = _in_background(stream.probe, page.cursor.indexed_on, page.cursor.until,
+                                    newest=True)
         began = time.monotonic()
         # Read off the page before it is transformed (which lets its records go).
         if oldest is None and page.records:
@@ -415,6 +400,22 @@ def _judge_and_plan(settings: Settings, warehouse: Warehouse, loader: Loader,
              "windows, up to %d at once", report.command, stream.name, place.domain, rest,
              begin.isoformat(), len(planned), at_once)
     return planned, iter(())
+
+
+def _in_background(function: Callable[..., T], *args, **kwargs) -> Future[T]:
+    """`function(*args, **kwargs)` on a daemon thread: one a run stopped meanwhile does not
+    wait for at exit (an executor's thread would be waited for)."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(function(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="hq-plan", daemon=True).start()
+    return future
 
 
 def _reach(oldest: object, read: int, high_water: datetime | None, begin: datetime,

@@ -494,3 +494,15 @@ def reader_until_error(reader):
         yield from reader
     except ValueError as exc:
         yield f"ValueError: {exc}"
+
+
+def test_the_plans_early_request_never_holds_the_process_at_exit():
+    gate = threading.Event()
+    future = sync._in_background(lambda: gate.wait(30) and "answered")
+    plan_threads = [t for t in threading.enumerate() if t.name == "hq-plan"]
+    assert plan_threads and all(t.daemon for t in plan_threads)
+    gate.set()
+    assert future.result(timeout=10) == "answered"
+    failing = sync._in_background(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(timeout=10)
