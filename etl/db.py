@@ -212,6 +212,7 @@ class Warehouse:
         self.dsn = libpq_url(url)
         self._idle: list[tuple[float, psycopg.Connection]] = []
         self._idle_lock = threading.Lock()
+        self._resetting = 0  # connections being reset to be kept
 
     @cached_property
     def engine(self) -> "Engine":
@@ -248,37 +249,49 @@ class Warehouse:
 
     def _checkout(self) -> tuple[psycopg.Connection, bool]:
         """A kept connection (and True), or a new one (and False)."""
-        now, stale, conn = time.monotonic(), [], None
         with self._idle_lock:
-            while self._idle and conn is None:
-                since, kept = self._idle.pop()  # the newest first
-                if now - since < self.IDLE_SECONDS and not kept.closed:
-                    conn = kept
-                else:
-                    stale.append(kept)
-        for kept in stale:
-            kept.close()
+            stale = self._drop_stale()
+            since, conn = self._idle.pop() if self._idle else (0.0, None)  # the newest
+        for old in stale:
+            old.close()
         return (conn, True) if conn is not None else (_connect(self.dsn), False)
+
+    def _drop_stale(self) -> list[psycopg.Connection]:
+        """(Under the lock.) Take out the kept connections too old or closed; returns them."""
+        now = time.monotonic()
+        stale = [c for since, c in self._idle if now - since >= self.IDLE_SECONDS or c.closed]
+        self._idle = [(since, c) for since, c in self._idle if c not in stale]
+        return stale
 
     def _give_back(self, conn: psycopg.Connection) -> None:
         """Keep `conn` for a later block when it is open, outside any transaction, and there
-        is room; else close it. The reset leaves nothing of the last block on it: its temp
-        tables, settings, advisory locks. (Not DISCARD ALL: it deallocates the prepared
+        is room; else close it. The reset leaves nothing of the last block on it: its cursors,
+        role, settings, temp tables, advisory locks. (Not DISCARD ALL: it deallocates the prepared
         statements psycopg keeps track of, and psycopg 3 notices only the first time.)"""
         with self._idle_lock:
-            room = len(self._idle) < self.KEEP
-        if room and not conn.closed and (
-                conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE):
-            try:
-                conn.execute("discard temp; reset all; select pg_advisory_unlock_all(); "
-                             "unlisten *")
-            except psycopg.Error:
-                pass
-            else:
-                with self._idle_lock:
+            stale = self._drop_stale()
+            room = len(self._idle) + self._resetting < self.KEEP
+            if room:
+                self._resetting += 1  # the slot is this one's while it is reset
+        for old in stale:
+            old.close()
+        kept = False
+        try:
+            if room and not conn.closed and (
+                    conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE):
+                conn.execute("close all; set session authorization default; reset all; "
+                             "discard temp; select pg_advisory_unlock_all(); unlisten *")
+                kept = True
+        except psycopg.Error:
+            pass
+        finally:
+            with self._idle_lock:
+                if room:
+                    self._resetting -= 1
+                if kept:
                     self._idle.append((time.monotonic(), conn))
-                return
-        conn.close()
+            if not kept:
+                conn.close()
 
     def close_idle(self) -> None:
         """Close the connections kept for later (e.g. between a schedule's runs)."""

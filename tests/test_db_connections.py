@@ -29,6 +29,7 @@ def test_the_start_up_check_migration_check_and_streams_share_one_connection(ope
     with opened.connect() as conn:
         assert _pid(conn) == first
         assert conn.execute("show synchronous_commit").fetchone()[0] == "off"
+        assert conn.execute("select count(*) from pg_cursors").fetchone()[0] == 0
     with opened.connect() as a, opened.connect() as b:  # at once: two connections
         assert _pid(a) != _pid(b)
         assert first in (_pid(a), _pid(b))
@@ -43,11 +44,13 @@ def test_a_kept_connection_holds_nothing_of_the_block_before(opened, schema):
         with state.stream_lock(conn, schema, "demo", "cases"):
             pass
         conn.execute("select pg_advisory_lock(12345)")  # a lock a block forgot to release
+        conn.execute("declare leftover_cursor cursor with hold for select 1")
     with opened.connect() as conn:
         assert _pid(conn) == pid
         assert conn.execute("select to_regclass('pg_temp.leftover')").fetchone()[0] is None
         assert conn.execute("show work_mem").fetchone()[0] != "7MB"
         assert conn.execute("show synchronous_commit").fetchone()[0] == "off"
+        assert conn.execute("select count(*) from pg_cursors").fetchone()[0] == 0
         with psycopg.connect(opened.dsn, autocommit=True) as other:  # the lock is free
             assert other.execute("select pg_try_advisory_lock(12345)").fetchone()[0]
 
@@ -88,6 +91,7 @@ def test_a_kept_connection_the_server_closed_since_is_made_anew(opened):
     with opened.connect() as conn:
         assert _pid(conn) != pid
         assert conn.execute("show synchronous_commit").fetchone()[0] == "off"
+        assert conn.execute("select count(*) from pg_cursors").fetchone()[0] == 0
 
 
 def test_statements_psycopg_prepared_still_run_on_a_kept_connection(opened):
@@ -116,3 +120,23 @@ def test_a_sync_with_nothing_new_opens_one_database_session(sim, settings, pg_ur
     again.dispose()
     assert len(reports) == 3 and all(r.status == "ok" and r.inserted == 0 for r in reports)
     assert len(opened) == 1, opened
+
+
+def test_blocks_ending_together_keep_no_more_than_the_limit(opened):
+    import threading
+
+    held = threading.Barrier(8)
+    conns = []
+
+    def block():
+        with opened.connect() as conn:
+            conns.append(conn)
+            held.wait(timeout=30)  # all eight open at once, then all given back together
+
+    threads = [threading.Thread(target=block) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(opened._idle) <= Warehouse.KEEP
+    assert sum(not c.closed for c in conns) == len(opened._idle)
