@@ -30,11 +30,25 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+_opened: list = []  # the warehouses this command opened, closed when it ends
+
+
 def _warehouse(settings: Settings):
     from etl.db import Warehouse
 
-    return Warehouse.open(settings.database_url, settings.embedded_pg_dir,
-                          settings.warehouse_schema)
+    warehouse = Warehouse.open(settings.database_url, settings.embedded_pg_dir,
+                               settings.warehouse_schema)
+    _opened.append(warehouse)
+    return warehouse
+
+
+def _close_warehouses() -> None:
+    """Close the connections a command kept for reuse, so that it leaves none open."""
+    while _opened:
+        try:
+            _opened.pop().dispose()
+        except Exception:  # noqa: BLE001 - the command's own outcome is what is reported
+            log.debug("closing the warehouse's connections failed", exc_info=True)
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -389,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.exception("unexpected error")
             _fail(f"unexpected error: {type(exc).__name__}: {exc} (please report this)")
         return ExitCode.FAILURE
+    finally:
+        _close_warehouses()
 
 
 def _fail(message: str) -> None:

@@ -236,3 +236,20 @@ def test_a_failed_migration_is_a_database_error_not_a_crash(sim, schema, pg_url)
     assert result.returncode == ExitCode.FAILURE, result.stderr[-2000:]
     assert "database error" in result.stderr and "No space left on device" in result.stderr
     assert "unexpected error" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["sync"], ["status"]])
+def test_a_command_leaves_no_database_connection_open(sim, schema, pg_url, command):
+    code = (
+        "import sys\n"
+        "import etl.db\n"
+        "made, connect = [], etl.db._connect\n"
+        "etl.db._connect = lambda dsn: made.append(connect(dsn)) or made[-1]\n"
+        "from etl import cli\n"
+        f"code = cli.main({command!r})\n"
+        "print('open after the command:', sum(not c.closed for c in made), 'of', len(made))\n"
+        "sys.exit(code)\n")
+    result = run_cli_patched(code, cli_env(sim.base_url, schema, pg_url))
+    assert result.returncode == ExitCode.OK, result.stderr[-2000:]
+    assert "open after the command: 0 of " in result.stdout, result.stdout
+    assert "of 0" not in result.stdout  # the command did connect
