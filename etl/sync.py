@@ -335,8 +335,8 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
         return [], pages
     # Of the pages loaded here: HQ's count, the distinct records read (a page re-reads the
     # last millisecond of the one before), the oldest record; the newest record, asked.
-    total, read, rejected, oldest, newest = None, set(), 0, None, None
-    for _ in range(2):
+    total, read, refused, oldest, newest = None, set(), set(), None, None
+    for n in range(2):
         asked = time.monotonic()
         page = next(pages, None)
         waited = time.monotonic() - asked
@@ -358,7 +358,8 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
         batch = _transformed(loader, source, page, place.domain)
         main = source.target.main
         read.update(getattr(row, main.key[1]) for row in batch.rows.get(main.name, ()))
-        rejected += len(batch.rejects)
+        # A record refused in the millisecond read again is refused twice: count it once.
+        refused.update(r.record_id or f"#{n}-{i}" for i, r in enumerate(batch.rejects))
         _load(loader, source, page, batch, report, place, stream.requests_made)
         loaded = time.monotonic() - began
         progress.advance(batch.records, page.total)
@@ -368,7 +369,7 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
         # place) the newest the page held; that millisecond is read again, and upserted the same.
         begin = page.high_water if isinstance(after, KeysetCursor) and after.next else (
             getattr(after, "indexed_on", None))
-        rest = (total or 0) - len(read) - rejected
+        rest = (total or 0) - len(read | refused)
         if (not isinstance(after, IndexedOnCursor) or after.tie is not None or begin is None
                 or rest < 2 * WINDOW_PAGES * stream.page_size or waited < WINDOW_LATENCY):
             return [], pages
@@ -384,7 +385,7 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     planned = windows.plan(stream, begin, rest, parts=at_once,
                            min_records=WINDOW_PAGES * stream.page_size,
                            concurrency=settings.max_concurrent_requests, until=after.until,
-                           reach=_reach(oldest, len(read) + rejected, page.high_water, begin,
+                           reach=_reach(oldest, len(read | refused), page.high_water, begin,
                                         rest), newest=newest)
     if len(planned) < 2:  # nothing to split (e.g. one busy millisecond): read on in turn
         return [], stream.pages(after)

@@ -506,3 +506,23 @@ def test_the_plans_early_request_never_holds_the_process_at_exit():
     failing = sync._in_background(lambda: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         failing.result(timeout=10)
+
+
+def test_requests_made_from_several_threads_are_all_counted(sim, settings):
+    from etl.extract.streams import CaseStream
+
+    client = make_client(settings)
+    stream = CaseStream(client, "demo", 100)
+    sim.clear_requests()
+
+    def probes():
+        for _ in range(10):
+            stream.probe(None, None)
+
+    threads = [threading.Thread(target=probes) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(_list_requests(sim, "case")) == 60
+    assert stream.requests_made == 60 and client.requests_made == 60

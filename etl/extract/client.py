@@ -14,6 +14,7 @@ import email.utils
 import logging
 import random
 import re
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
@@ -139,6 +140,7 @@ class HQClient:
         self.connect_timeout = min(timeout, 15.0)
         self.answered = False  # has HQ answered anything (any status) in this run?
         self.requests_made = 0
+        self._counting = threading.Lock()  # windows and a plan's probe share a client
         # Shared with the project's other readers: requests in flight and per second.
         self.gate = gate or RequestGate()
         self.session = requests.Session()
@@ -251,7 +253,8 @@ class HQClient:
 
     def _send_once(self, url: str, params: Mapping[str, Any] | None, *, read_body: bool,
                    allow_redirects: bool) -> requests.Response:
-        self.requests_made += 1
+        with self._counting:
+            self.requests_made += 1
         try:
             response = self.session.get(url, params=params, stream=True,
                                         allow_redirects=allow_redirects,

@@ -76,7 +76,7 @@ class ExportStream(Stream):
         if cursor.token:
             params["previous_export"] = cursor.token
         answer = self.client.get_export(f"/a/{self.domain}/{self.path}", params)
-        self.requests_made += 1
+        self._made_request()
         if answer.tables is None:  # 302: nothing new since the token
             yield Page([], ExportTokenCursor(cursor.token), url=answer.url)
             return

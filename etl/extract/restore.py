@@ -94,7 +94,7 @@ class RestoreStream(Stream):
         if since:
             params["since"] = since
         response = self.client.open_restore(f"/a/{self.domain}/{self.path}", params)
-        self.requests_made += 1
+        self._made_request()
         url = response.url
         worker = self.worker.username
         old = RestoreCursor(since)

@@ -11,6 +11,7 @@ cursor says and each page carries the cursor that follows it.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, ClassVar, Iterator
@@ -53,6 +54,11 @@ class Stream:
     extra_params: ClassVar[dict[str, str]] = {}
 
     requests_made: int = field(default=0, init=False)
+    _counting: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def _made_request(self) -> None:
+        with self._counting:  # a window's plan may probe from another thread
+            self.requests_made += 1
 
     @property
     def list_path(self) -> str:
@@ -105,7 +111,7 @@ class IndexedOnStream(Stream):
 
     def _fetch(self, params: dict) -> tuple[list[dict], dict, Any]:
         doc = self.client.get_json(self.list_path, params)
-        self.requests_made += 1
+        self._made_request()
         body = require_json_object(doc, "objects", "meta")
         objects = body["objects"]
         if not isinstance(objects, list):
@@ -365,7 +371,7 @@ class CaseStreamV2(Stream):
         """One small request: HQ's count of cases in [start, end] and the indexed_on of the
         first (v2 lists oldest first only)."""
         doc = self.client.get_json(self.list_path, self._params(start, end, 1))
-        self.requests_made += 1
+        self._made_request()
         body = require_json_object(doc, "cases")
         cases, total = body["cases"], body.get("matching_records")
         return (total if isinstance(total, int) else len(cases)), (
@@ -381,7 +387,7 @@ class CaseStreamV2(Stream):
         total = None
         while True:
             doc = self.client.get_json(url, params)
-            self.requests_made += 1
+            self._made_request()
             body = require_json_object(doc, "cases")
             cases = body["cases"]
             if total is None:  # the first answer counts the whole read
@@ -417,7 +423,7 @@ class ListStream(Stream):
             url, params = self.list_path, {"limit": self.page_size, **self.params, **extra}
             while True:
                 doc = self.client.get_json(url, params)
-                self.requests_made += 1
+                self._made_request()
                 body = require_json_object(doc, "objects")
                 objects = body["objects"]
                 if not isinstance(objects, list):
