@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 
@@ -150,6 +150,8 @@ def test_lookback_catches_late_indexed_documents(sim, schema, pg_url, warehouse,
     got = db.execute(f'select count(*) from "{schema}".cases where case_id = any(%s)',
                      (late_cases,)).fetchone()[0]
     assert got == 3
+    assert db.execute(f'select count(*) from "{schema}".forms where form_id = any(%s)',
+                      (late_forms,)).fetchone()[0] == 2
     # Without the look-back, a late document would be missed: the proof that it matters.
     no_lookback = make_settings(sim.base_url, schema, pg_url, lookback_seconds=0)
     missed = sim.add_late("demo", "case", 1, lag=timedelta(minutes=5))

@@ -176,8 +176,8 @@ def test_typed_views_and_tables_share_one_allocator(db, schema, warehouse):
     catalog, fourth = _typed_table(db, schema, "x:d", "Household visit")
     bi.refresh_typed_views(catalog, [fourth.name])
     assert catalog.views[fourth.name] != third.name
-    kinds = dict(db.execute(f"select c.relname, c.relkind::text from pg_class c join pg_namespace n "
-                            f"on n.oid = c.relnamespace where n.nspname = %s", (schema,)).fetchall())
+    kinds = dict(db.execute("select c.relname, c.relkind::text from pg_class c join pg_namespace n "
+                            "on n.oid = c.relnamespace where n.nspname = %s", (schema,)).fetchall())
     assert kinds[third.name] == "r" and kinds[catalog.views[fourth.name]] == "v"
 
 

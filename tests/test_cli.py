@@ -56,7 +56,7 @@ def test_unreachable_database_is_a_clear_error(sim, schema):
 
 def test_settings_file_under_config_is_read(sim, schema, pg_url, tmp_path):
     config = tmp_path / "commcare-etl.toml"
-    config.write_text(f'commcare_domain = "demo"\nstreams = "cases"\n')
+    config.write_text('commcare_domain = "demo"\nstreams = "cases"\n')
     env = cli_env(sim.base_url, schema, pg_url, COMMCARE_ETL_CONFIG=str(config))
     del env["COMMCARE_DOMAIN"], env["STREAMS"]
     result = run_cli(["sync"], env)

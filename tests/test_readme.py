@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from etl import sources
 from etl.sync import run_sync
 from tests.conftest import ROOT, make_settings
