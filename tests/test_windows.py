@@ -198,6 +198,39 @@ def test_loads_slower_than_a_slow_hq_read_in_turn_and_say_why(sim_factory, schem
     assert len(said) == 1 and "HQ answered in" in said[0], said
 
 
+@pytest.mark.parametrize("answer, load, at_once, ahead, pays", [
+    (0.5, 0.14, 4, True, True),    # 4 windows of 1,000 forms, reading ahead: 0.14 s vs 0.5 s
+    (0.5, 0.35, 2, False, False),  # 2 windows of 5,000 cases: 0.425 s vs 0.5 s
+    (2.0, 0.35, 2, False, True),   # the same at 2 s a page: 1.18 s vs 2 s
+    (0.5, 0.45, 4, True, False),   # loads nearly as slow as HQ: the loads take the time
+    (0.3, 0.6, 4, True, False),    # loads slower than HQ
+])
+def test_windows_are_planned_only_where_they_save_a_quarter(answer, load, at_once, ahead, pays):
+    assert sync.windows_pay(answer, load, at_once, ahead) is pays
+
+
+def test_windows_that_cannot_read_ahead_must_beat_one_reader(sim_factory, schema, pg_url,
+                                                             warehouse, db, monkeypatch, caplog):
+    # 2 windows of 100 cases without reading ahead (as 2 of 5,000 cases are), loads nearly as
+    # slow as HQ: one reader, fetching while it loads, is as fast, without the plan's requests.
+    monkeypatch.setattr(sync, "WINDOW_RECORDS_AT_ONCE", 300)
+    sim = sim_factory(n_cases=700, latency=SLOW)
+    settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100,
+                             max_concurrent_requests=2)
+    loads = _slow_loads(monkeypatch, SLOW - 0.15, pages=2)
+    caplog.set_level("INFO", logger="etl.sync")
+    sim.clear_requests()
+    assert sync_stream(settings, warehouse, make_client(settings), "demo", "cases").status == "ok"
+    assert_cases_match(db, schema, sim)
+    assert set(loads) == {""}  # no window
+    # Beyond the pages, at most the plan's first request, sent before the first page loaded.
+    newest = [r for r in _list_requests(sim, "case")
+              if parse_qs(r.query).get("order_by") == ["-indexed_on"]]
+    assert len(newest) <= 1 and len(_list_requests(sim, "case")) == len(loads) + len(newest)
+    said = [r.getMessage() for r in caplog.records if "one page at a time" in r.getMessage()]
+    assert len(said) == 1, said
+
+
 def test_windows_cut_on_whole_milliseconds_and_the_last_is_open():
     t = datetime(2024, 1, 1, tzinfo=timezone.utc)
     ms = timedelta(milliseconds=1)
@@ -526,3 +559,30 @@ def test_requests_made_from_several_threads_are_all_counted(sim, settings):
         t.join(timeout=60)
     assert len(_list_requests(sim, "case")) == 60
     assert stream.requests_made == 60 and client.requests_made == 60
+
+
+def test_one_reader_asks_for_the_next_page_while_it_transforms_the_last(
+        sim_factory, schema, pg_url, warehouse, db, monkeypatch):
+    # HQ 0.3 s a page, each transform 0.3 s: the next request must not wait for the transform.
+    sim = sim_factory(n_cases=500, latency=0.3)
+    settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100,
+                             max_concurrent_requests=1)
+    real, transforms = sync._transformed, []
+
+    def slow_transform(loader, source, page, domain):
+        began = time.time()
+        time.sleep(0.3)
+        batch = real(loader, source, page, domain)
+        transforms.append((began, time.time()))
+        return batch
+
+    monkeypatch.setattr(sync, "_transformed", slow_transform)
+    sim.clear_requests()
+    assert sync_stream(settings, warehouse, make_client(settings), "demo", "cases").status == "ok"
+    assert_cases_match(db, schema, sim)
+    asked = sorted(r.at for r in _list_requests(sim, "case"))
+    assert len(asked) == len(transforms) >= 5
+    # Page k+1 was asked for while page k was being transformed.
+    overlapped = [k for k in range(len(transforms) - 1)
+                  if transforms[k][0] <= asked[k + 1] < transforms[k][1]]
+    assert len(overlapped) == len(transforms) - 1, (asked, transforms)
