@@ -356,6 +356,7 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     # Of the pages loaded here: HQ's count, the distinct records read (a page re-reads the
     # last millisecond of the one before), the oldest record; the newest record, asked.
     total, read, refused, oldest, newest = None, set(), set(), None, None
+    ahead = reads_ahead(settings, stream.page_size)
     for n in range(2):
         asked = time.monotonic()
         page = next(pages, None)
@@ -364,10 +365,11 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
             return [], pages
         page.cursor = page.cursor.with_extra(cursor_extra)
         if (newest is None and waited >= WINDOW_LATENCY and getattr(stream, "newest_first", True)
-                and isinstance(page.cursor, IndexedOnCursor) and page.cursor.indexed_on
+                and ahead and isinstance(page.cursor, IndexedOnCursor) and page.cursor.indexed_on
                 and (page.total or 0) - len(page.records) >= 2 * WINDOW_PAGES * stream.page_size):
             # HQ is slow: the plan's first request (the newest record) goes now, while this
             # page loads, rather than after; wasted (one small request) if the plan is not made.
+            # Not for windows that cannot read ahead: they rarely pay (see windows_pay).
             newest = _in_background(stream.probe, page.cursor.indexed_on, page.cursor.until,
                                     newest=True)
         began = time.monotonic()
@@ -393,7 +395,7 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
         if (not isinstance(after, IndexedOnCursor) or after.tie is not None or begin is None
                 or rest < 2 * WINDOW_PAGES * stream.page_size or waited < WINDOW_LATENCY):
             return [], pages
-        if windows_pay(waited, loaded, at_once, reads_ahead(settings, stream.page_size)):
+        if windows_pay(waited, loaded, at_once, ahead):
             break
     else:
         log.info("%s %s [%s]: HQ answered in %.2fs and a page loaded in %.2fs: reading the "
