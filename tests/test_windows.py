@@ -228,6 +228,26 @@ def test_windows_that_cannot_read_ahead_must_beat_one_reader(sim_factory, schema
     assert len(said) == 1, said
 
 
+def test_windows_hold_about_the_same_number_of_records_where_the_slices_do_not():
+    """Records ever denser in time: 8 equal slices of it hold 1 to 15 shares each. Cuts inside
+    the slices (not only between them) still give windows of about the same size."""
+    from etl.extract import windows
+
+    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    stamps = sorted(t0 + timedelta(seconds=10_000 * (n / 4000) ** 0.5) for n in range(4000))
+
+    class NewestFirst:
+        def probe(self, start, end, newest=False):
+            inside = [s for s in stamps if s >= start and (end is None or s <= end)]
+            return len(inside), (inside[-1] if newest else inside[0]) if inside else None
+
+    planned = windows.plan(NewestFirst(), stamps[0], len(stamps), parts=4, min_records=200)
+    counts = [len([s for s in stamps if s >= w.start and (w.end is None or s <= w.end)])
+              for w in planned]
+    assert len(planned) == 4 and sum(counts) == len(stamps), counts
+    assert max(counts) < 1.1 * min(counts), counts  # whole slices joined: 812 to 1,250
+
+
 def test_windows_cut_on_whole_milliseconds_and_the_last_is_open():
     t = datetime(2024, 1, 1, tzinfo=timezone.utc)
     ms = timedelta(milliseconds=1)

@@ -9,8 +9,9 @@ with a checkpoint of its own.
 
 The plan costs a few one-record requests, in two rounds (HQ's `total_count` for a range is
 exact): the newest record, then the count of each of a few equal slices of time, read at once;
-neighbouring slices are then joined into windows, one per reader. Data bunched in time (a
-bulk import, a re-index) inside one slice leaves that window bigger than the others. Case
+the slices' time is then cut into windows of about the same count, one per reader, a cut
+inside a slice placed as if its records were spread evenly over it. Data bunched in time (a
+bulk import, a re-index) inside one slice leaves the windows around it uneven. Case
 API v2 lists oldest first only: its slices reach up to now, and are cut again up to the last
 that held records, a round at a time.
 """
@@ -59,8 +60,8 @@ def plan(stream: IndexedOnStream, start: datetime, total: int, *, parts: int,
 
     Two rounds of requests whatever HQ's speed (with `concurrency` >= 2 x `parts`): the
     newest record's `indexed_on`, then the count of each of 2 x `parts` equal slices of time
-    up to it, all at once; neighbouring slices are joined into windows of about
-    `total / parts` records (at least `min_records`). A list that cannot be read newest
+    up to it, all at once; their time is cut into windows of about `total / parts` records
+    (at least `min_records`). A list that cannot be read newest
     first (Case API v2) is sliced up to `reach` (a guess at where its records end) or now
     instead, and again up to the last slice that held records, until the last slice holds
     some (each round narrows the span 2 x `parts` times; a guess that fell short, with
@@ -94,7 +95,7 @@ def plan(stream: IndexedOnStream, start: datetime, total: int, *, parts: int,
             end = pieces[held[-1] + 1].start  # nothing from here on, when counted
         if not any(piece.count for piece in pieces):
             return [Window(start, until)]
-    return _join(pieces, start, max(min_records, math.ceil(total / parts)), until)
+    return _join(pieces, start, max(min_records, math.ceil(total / parts)), until, end)
 
 
 MAX_ROUNDS = 8  # of slicing, for a list that cannot say its newest record
@@ -121,18 +122,28 @@ def _count(stream: IndexedOnStream, first: datetime, end: datetime, slices: int,
 
 
 def _join(pieces: list[_Range], start: datetime, target: int,
-          until: datetime | None = None) -> list[Window]:
-    """Neighbouring pieces joined into windows of about `target` records; the first window
-    starts at `start`, each ends 1 µs before the next begins, the last at `until` (None:
-    open-ended)."""
+          until: datetime | None = None, end: datetime | None = None) -> list[Window]:
+    """The pieces' time cut into windows of about `target` records each, about the same number
+    in each; the first window starts at `start`, each ends 1 µs before the next begins, the
+    last at `until` (None: open-ended). A cut may fall inside a piece, where its records are
+    taken as spread evenly over it (a piece ends where the next begins, the last at `end`;
+    without `end`, a cut in the last piece falls at its start); cuts are on whole ms."""
+    held = sum(piece.count for piece in pieces)
+    parts = max(1, round(held / max(1, target)))
+    ends = [piece.start for piece in pieces[1:]] + [end]
     cuts: list[datetime] = []
-    held = 0
-    for piece in pieces:
-        if held and held + piece.count / 2 > target:  # closer to the target without it
-            cuts.append(piece.start)
-            held = 0
-        held += piece.count
-    if cuts and held < target / 2:  # a short tail joins the window before it
-        cuts.pop()
+    before = 0  # records in the pieces before this one
+    goals = iter(k * held / parts for k in range(1, parts))
+    goal = next(goals, None)
+    for piece, piece_end in zip(pieces, ends):
+        while goal is not None and before + piece.count >= goal and piece.count:
+            cut = piece.start
+            if piece_end is not None:
+                cut += (piece_end - piece.start) * ((goal - before) / piece.count)
+            cut = truncate_ms(cut)
+            if cut > (cuts[-1] if cuts else start):
+                cuts.append(cut)
+            goal = next(goals, None)
+        before += piece.count
     return [Window(lo, hi - ONE_US if hi is not None else until)
             for lo, hi in zip([start, *cuts], [*cuts, None])]
