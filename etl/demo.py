@@ -36,38 +36,43 @@ def run_demo(settings: Settings, n_cases: int = 500, use_database_url: bool = Fa
     dataset = Dataset.generate(domain=DEMO_DOMAIN, seed=0, n_cases=n_cases)
     warehouse = Warehouse.open(settings.database_url, settings.embedded_pg_dir,
                                settings.warehouse_schema)
-    warehouse.migrate()
-    # Each demo starts a simulator of its own (a new address): it starts over, like a new HQ.
-    _forget_checkpoints(warehouse)
-    with HQSimulator(datasets=[dataset], users={username: (api_key, None)}) as sim:
-        demo_settings = settings.model_copy(update={
-            "commcare_base_url": sim.base_url, "commcare_domain": [DEMO_DOMAIN],
-            "commcare_username": username, "commcare_api_key": SecretStr(api_key),
-            "retry_max_seconds": 30.0,
-        })
-        print(f"HQ simulator serving {n_cases} sample cases at {sim.base_url}")
-        first = run_sync(demo_settings, warehouse)
-        _print_reports("first sync", first)
+    try:
+        warehouse.migrate()
+        # Each demo starts a simulator of its own (a new address): it starts over, like a new HQ.
+        _forget_checkpoints(warehouse)
+        with HQSimulator(datasets=[dataset], users={username: (api_key, None)}) as sim:
+            demo_settings = settings.model_copy(update={
+                "commcare_base_url": sim.base_url, "commcare_domain": [DEMO_DOMAIN],
+                "commcare_username": username, "commcare_api_key": SecretStr(api_key),
+                "retry_max_seconds": 30.0,
+            })
+            print(f"HQ simulator serving {n_cases} sample cases at {sim.base_url}")
+            first = run_sync(demo_settings, warehouse)
+            _print_reports("first sync", first)
 
-        case_ids = sorted(sim.snapshot(DEMO_DOMAIN, "case"))[:25]
-        # Follow-up forms: archiving one rebuilds its cases without it, as HQ does (archiving a
-        # registration would leave a case with no type, or delete it).
-        forms = sim.snapshot(DEMO_DOMAIN, "form")
-        form_ids = sorted(f for f, doc in forms.items() if '"create"' not in json.dumps(doc))[:3]
-        sim.update_cases(DEMO_DOMAIN, case_ids[:20], {"demo_visit": "yes"})
-        sim.close_cases(DEMO_DOMAIN, case_ids[20:25])
-        sim.archive_forms(DEMO_DOMAIN, form_ids)
-        sim.add_cases(DEMO_DOMAIN, 10)
-        print("\nIn the simulator: 20 cases updated, 5 closed, 3 forms archived, 10 cases added.")
-        second = run_sync(demo_settings, warehouse)
-        _print_reports("incremental sync", second)
+            case_ids = sorted(sim.snapshot(DEMO_DOMAIN, "case"))[:25]
+            # Follow-up forms: archiving one rebuilds its cases without it, as HQ does
+            # (archiving a registration would leave a case with no type, or delete it).
+            forms = sim.snapshot(DEMO_DOMAIN, "form")
+            form_ids = sorted(f for f, doc in forms.items()
+                              if '"create"' not in json.dumps(doc))[:3]
+            sim.update_cases(DEMO_DOMAIN, case_ids[:20], {"demo_visit": "yes"})
+            sim.close_cases(DEMO_DOMAIN, case_ids[20:25])
+            sim.archive_forms(DEMO_DOMAIN, form_ids)
+            sim.add_cases(DEMO_DOMAIN, 10)
+            print("\nIn the simulator: 20 cases updated, 5 closed, 3 forms archived, "
+                  "10 cases added.")
+            second = run_sync(demo_settings, warehouse)
+            _print_reports("incremental sync", second)
 
-    # The checkpoints belong to the simulator that just stopped: a later `sync` against another
-    # server (`commcare-etl simulate`, or real HQ) starts afresh rather than refusing them.
-    _forget_checkpoints(warehouse)
-    failed = [r for r in first + second if r.status != "ok"]
-    _print_warehouse(warehouse, settings.warehouse_schema)
-    return ExitCode.FAILURE if failed else ExitCode.OK
+        # The checkpoints belong to the simulator that just stopped: a later `sync` against
+        # another server (`commcare-etl simulate`, or real HQ) starts afresh, not refusing them.
+        _forget_checkpoints(warehouse)
+        failed = [r for r in first + second if r.status != "ok"]
+        _print_warehouse(warehouse, settings.warehouse_schema)
+        return ExitCode.FAILURE if failed else ExitCode.OK
+    finally:
+        warehouse.dispose()  # the connections it kept for reuse
 
 
 def _forget_checkpoints(warehouse: Warehouse) -> None:

@@ -109,8 +109,8 @@ def prefetch(items: Iterator[T], depth: int = 1, name: str = "hq-prefetch") -> I
         return False
 
     def produce() -> None:
+        iterator = iter(items)
         try:
-            iterator = iter(items)
             while wait_for_room():
                 item = next(iterator, done)
                 slots.put((True, item))
@@ -118,6 +118,13 @@ def prefetch(items: Iterator[T], depth: int = 1, name: str = "hq-prefetch") -> I
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             slots.put((False, exc))
+        finally:  # here, in the thread that runs it: a generator it reads from stops too
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - the consumer has its outcome already
+                    log.debug("closing a prefetched iterator failed", exc_info=True)
 
     thread = threading.Thread(target=produce, name=name, daemon=True)
     thread.start()
@@ -240,7 +247,7 @@ def sync_stream(settings: Settings, warehouse: Warehouse, client: HQClient, doma
             # longest of HQ's answer, the transform and the load, not the first two added up.
             # (A window does not: windows count the pages they hold ahead, see reads_ahead.)
             fetched = pages if is_window(partition) else prefetch(pages, name="hq-fetch")
-            transformed = ((page, _transformed(loader, source, page, domain)) for page in fetched)
+            transformed = _transform_each(loader, source, fetched, domain)
             ahead = not is_window(partition) or reads_ahead(settings, stream.page_size)
             for page, batch in (prefetch(transformed) if ahead else transformed):
                 page.cursor = page.cursor.with_extra(cursor_extra)
@@ -544,6 +551,19 @@ def _check_server(cursor: dict | None, server: str, domain: str, stream_name: st
             f"server's data. To read everything from {server} (warehouse rows are kept and "
             f"updated), run `commcare-etl reset --resource all --domain {domain}`; or set "
             f"COMMCARE_BASE_URL back to {saved}.")
+
+
+def _transform_each(loader: Loader, source: type[sources.Source], pages: Iterator[Page],
+                    domain: str) -> Iterator[tuple[Page, Batch]]:
+    """Each page with its batch. Closed early (a load failed, the run stopped), it closes
+    `pages`: a prefetching reader's thread stops then, not when the collector finds it."""
+    try:
+        for page in pages:
+            yield page, _transformed(loader, source, page, domain)
+    finally:
+        close = getattr(pages, "close", None)
+        if close is not None:
+            close()
 
 
 def _transformed(loader: Loader, source: type[sources.Source], page: Page, domain: str) -> Batch:

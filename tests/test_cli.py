@@ -238,7 +238,8 @@ def test_a_failed_migration_is_a_database_error_not_a_crash(sim, schema, pg_url)
     assert "unexpected error" not in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", [["sync"], ["status"]])
+@pytest.mark.parametrize("command", [
+    ["sync"], ["status"], ["demo", "--use-database-url", "--cases", "20"]])
 def test_a_command_leaves_no_database_connection_open(sim, schema, pg_url, command):
     code = (
         "import sys\n"

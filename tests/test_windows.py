@@ -558,25 +558,6 @@ def test_the_plans_early_request_never_holds_the_process_at_exit():
         failing.result(timeout=10)
 
 
-def test_requests_made_from_several_threads_are_all_counted(sim, settings):
-    from etl.extract.streams import CaseStream
-
-    client = make_client(settings)
-    stream = CaseStream(client, "demo", 100)
-    sim.clear_requests()
-
-    def probes():
-        for _ in range(10):
-            stream.probe(None, None)
-
-    threads = [threading.Thread(target=probes) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert len(_list_requests(sim, "case")) == 60
-    assert stream.requests_made == 60 and client.requests_made == 60
-
 
 def test_one_reader_asks_for_the_next_page_while_it_transforms_the_last(
         sim_factory, schema, pg_url, warehouse, db, monkeypatch):
@@ -603,3 +584,31 @@ def test_one_reader_asks_for_the_next_page_while_it_transforms_the_last(
     overlapped = [k for k in range(len(transforms) - 1)
                   if transforms[k][0] <= asked[k + 1] < transforms[k][1]]
     assert len(overlapped) == len(transforms) - 1, (asked, transforms)
+
+
+def test_a_failed_load_stops_the_reading_threads_at_once(sim_factory, schema, pg_url,
+                                                         warehouse, db, monkeypatch):
+    from etl.load.postgres import Loader
+
+    sim = sim_factory(n_cases=600)
+    settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100)
+    real, loads = Loader.load_page, []
+
+    def failing_load(self, **kwargs):
+        loads.append(1)
+        if len(loads) == 3:
+            raise RuntimeError("disk full")
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(Loader, "load_page", failing_load)
+    with pytest.raises(RuntimeError) as failed:  # the exception (and its frames) kept
+        sync_stream(settings, warehouse, make_client(settings), "demo", "cases")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _reading_threads():
+        time.sleep(0.05)
+    assert not _reading_threads() and failed.value is not None
+    assert len(_list_requests(sim, "case")) <= 5  # two pages loaded, at most two more read
+
+
+def _reading_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name in ("hq-fetch", "hq-prefetch")]

@@ -54,7 +54,8 @@ class Stream:
     extra_params: ClassVar[dict[str, str]] = {}
 
     requests_made: int = field(default=0, init=False)
-    _counting: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _counting: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False,
+                                      compare=False)
 
     def _made_request(self) -> None:
         with self._counting:  # a window's plan may probe from another thread
