@@ -561,7 +561,7 @@ def test_the_plans_early_request_never_holds_the_process_at_exit():
 
 def test_one_reader_asks_for_the_next_page_while_it_transforms_the_last(
         sim_factory, schema, pg_url, warehouse, db, monkeypatch):
-    # HQ 0.3 s a page, each transform 0.3 s: the next request must not wait for the transform.
+    # HQ 0.3 s a page, each transform 0.6 s: the next request must not wait for the transform.
     sim = sim_factory(n_cases=500, latency=0.3)
     settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100,
                              max_concurrent_requests=1)
@@ -569,7 +569,7 @@ def test_one_reader_asks_for_the_next_page_while_it_transforms_the_last(
 
     def slow_transform(loader, source, page, domain):
         began = time.time()
-        time.sleep(0.3)
+        time.sleep(0.6)
         batch = real(loader, source, page, domain)
         transforms.append((began, time.time()))
         return batch
