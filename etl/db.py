@@ -251,7 +251,7 @@ class Warehouse:
         """A kept connection (and True), or a new one (and False)."""
         with self._idle_lock:
             stale = self._drop_stale()
-            since, conn = self._idle.pop() if self._idle else (0.0, None)  # the newest
+            _, conn = self._idle.pop() if self._idle else (0.0, None)  # the newest
         for old in stale:
             old.close()
         return (conn, True) if conn is not None else (_connect(self.dsn), False)
