@@ -213,6 +213,7 @@ class Warehouse:
         self._idle: list[tuple[float, psycopg.Connection]] = []
         self._idle_lock = threading.Lock()
         self._resetting = 0  # connections being reset to be kept
+        self._disposed = False  # from then on, a connection given back is closed
 
     @cached_property
     def engine(self) -> "Engine":
@@ -270,7 +271,7 @@ class Warehouse:
         statements psycopg keeps track of, and psycopg 3 notices only the first time.)"""
         with self._idle_lock:
             stale = self._drop_stale()
-            room = len(self._idle) + self._resetting < self.KEEP
+            room = not self._disposed and len(self._idle) + self._resetting < self.KEEP
             if room:
                 self._resetting += 1  # the slot is this one's while it is reset
         for old in stale:
@@ -313,6 +314,9 @@ class Warehouse:
         return masked_url(self.dsn)
 
     def dispose(self) -> None:
+        """Close every connection: the kept ones now, those still in use when given back."""
+        with self._idle_lock:
+            self._disposed = True
         self.close_idle()
         if "engine" in self.__dict__:
             self.engine.dispose()

@@ -140,3 +140,9 @@ def test_blocks_ending_together_keep_no_more_than_the_limit(opened):
         t.join(timeout=60)
     assert len(opened._idle) <= Warehouse.KEEP
     assert sum(not c.closed for c in conns) == len(opened._idle)
+
+
+def test_a_connection_given_back_after_dispose_is_closed_not_kept(opened):
+    with opened.connect() as conn:  # e.g. a window still loading when the command ends
+        opened.dispose()
+    assert conn.closed and not opened._idle
