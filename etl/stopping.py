@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+from typing import TypeVar
 
 from etl.errors import Interrupted
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _requested = threading.Event()
 MESSAGE = "stopped by SIGTERM; the checkpoint stays at the last loaded page"
 
@@ -38,3 +41,14 @@ def request() -> None:
 
 def requested() -> bool:
     return _requested.is_set()
+
+
+def wait_for(future: "Future[T]") -> T:
+    """`future`'s result; a stop asked for meanwhile raises Interrupted at once (the work goes
+    on in its thread, whose result is dropped). For waits on HQ outside a page's load."""
+    while True:
+        check()
+        try:
+            return future.result(timeout=0.2)
+        except FutureTimeout:
+            continue

@@ -7,7 +7,7 @@ import queue
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator, TypeVar
@@ -377,8 +377,8 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
             # HQ is slow: the plan's first request (the newest record) goes now, while this
             # page loads, rather than after; wasted (one small request) if the plan is not made.
             # Not for windows that cannot read ahead: they rarely pay (see windows_pay).
-            newest = _in_background(stream.probe, page.cursor.indexed_on, page.cursor.until,
-                                    newest=True)
+            newest = windows.in_background(stream.probe, page.cursor.indexed_on,
+                                           page.cursor.until, newest=True)
         began = time.monotonic()
         # Read off the page before it is transformed (which lets its records go).
         if oldest is None and page.records:
@@ -430,22 +430,6 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
              "windows, up to %d at once", report.command, stream.name, place.domain, rest,
              begin.isoformat(), len(planned), at_once)
     return planned, iter(())
-
-
-def _in_background(function: Callable[..., T], *args, **kwargs) -> Future[T]:
-    """`function(*args, **kwargs)` on a daemon thread: one a run stopped meanwhile does not
-    wait for at exit (an executor's thread would be waited for)."""
-    future: Future[T] = Future()
-
-    def run() -> None:
-        future.set_running_or_notify_cancel()
-        try:
-            future.set_result(function(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the result
-            future.set_exception(exc)
-
-    threading.Thread(target=run, name="hq-plan", daemon=True).start()
-    return future
 
 
 def _reach(oldest: object, read: int, high_water: datetime | None, begin: datetime,

@@ -17,7 +17,7 @@ from etl import sync
 from etl.dates import parse_hq_datetime
 from etl.errors import HQError
 from etl.extract.throttle import RequestGate
-from etl.extract.windows import Window, _join, _Range
+from etl.extract.windows import Window, _join, _Range, in_background
 from etl.sync import backfill_key, make_client, run_backfill, run_sync, sync_stream
 from tests.conftest import make_settings
 from tests.matching import assert_cases_match, assert_forms_match
@@ -548,12 +548,12 @@ def reader_until_error(reader):
 
 def test_the_plans_early_request_never_holds_the_process_at_exit():
     gate = threading.Event()
-    future = sync._in_background(lambda: gate.wait(30) and "answered")
+    future = in_background(lambda: gate.wait(30) and "answered")
     plan_threads = [t for t in threading.enumerate() if t.name == "hq-plan"]
     assert plan_threads and all(t.daemon for t in plan_threads)
     gate.set()
     assert future.result(timeout=10) == "answered"
-    failing = sync._in_background(lambda: 1 / 0)
+    failing = in_background(lambda: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         failing.result(timeout=10)
 
@@ -612,3 +612,31 @@ def test_a_failed_load_stops_the_reading_threads_at_once(sim_factory, schema, pg
 
 def _reading_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name in ("hq-fetch", "hq-prefetch")]
+
+
+def test_a_stop_asked_for_while_the_plan_counts_is_not_held_up_by_hq():
+    """The plan's probes (a slow or failing HQ retries each for minutes) run on daemon
+    threads; a SIGTERM during the plan stops the run at once, as one between pages does."""
+    from etl import stopping
+    from etl.errors import Interrupted
+    from etl.extract import windows
+
+    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    answer = threading.Event()
+
+    class Stuck:  # HQ answers the newest record, then holds every count
+        def probe(self, start, end, newest=False):
+            if newest:
+                return 1000, t0 + timedelta(days=10)
+            answer.wait(30)
+            return 100, start
+
+    threading.Timer(0.3, stopping.request).start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(Interrupted):
+            windows.plan(Stuck(), t0, 1000, parts=4, min_records=10, concurrency=4)
+        assert time.monotonic() - began < 5
+    finally:
+        stopping._requested.clear()  # this process goes on with other tests
+        answer.set()

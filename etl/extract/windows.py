@@ -19,14 +19,18 @@ that held records, a round at a time.
 from __future__ import annotations
 
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Callable, TypeVar
 
+from etl import stopping
 from etl.dates import ONE_MS, format_iso, parse_hq_datetime, truncate_ms
 from etl.extract.streams import IndexedOnStream
 
 ONE_US = timedelta(microseconds=1)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,8 @@ def plan(stream: IndexedOnStream, start: datetime, total: int, *, parts: int,
         return [Window(start, until)]
     first = truncate_ms(start)
     if getattr(stream, "newest_first", True):
-        _, last = newest.result() if newest else stream.probe(start, until, newest=True)
+        _, last = stopping.wait_for(newest or in_background(stream.probe, start, until,
+                                                              newest=True))
         if last is None or last <= first:
             return [Window(start, until)]
         end = _plus(last, ONE_MS) if until is None else min(_plus(last, ONE_MS),
@@ -86,7 +91,8 @@ def plan(stream: IndexedOnStream, start: datetime, total: int, *, parts: int,
             pieces = _count(stream, first, end, 2 * parts, concurrency)
             held = [n for n, piece in enumerate(pieces) if piece.count]
             last_held = not held or held[-1] == len(pieces) - 1
-            if guessed and last_held and stream.probe(end, cap - ONE_US)[0]:
+            if guessed and last_held and stopping.wait_for(
+                    in_background(stream.probe, end, cap - ONE_US))[0]:
                 guessed, end = False, cap  # the guess fell short
                 continue
             if last_held:
@@ -116,9 +122,30 @@ def _count(stream: IndexedOnStream, first: datetime, end: datetime, slices: int,
     step -= step % ONE_MS
     edges = [first + n * step for n in range(slices) if first + n * step < end] + [end]
     spans = list(zip(edges, edges[1:]))
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        counts = list(pool.map(lambda s: stream.probe(s[0], s[1] - ONE_US)[0], spans))
-    return [_Range(lo, n) for (lo, _), n in zip(spans, counts)]
+    at_once = threading.Semaphore(max(1, concurrency))
+
+    def count(lo: datetime, hi: datetime) -> int:
+        with at_once:
+            return stream.probe(lo, hi - ONE_US)[0]
+
+    asked = [in_background(count, lo, hi) for lo, hi in spans]
+    return [_Range(lo, stopping.wait_for(n)) for (lo, _), n in zip(spans, asked)]
+
+
+def in_background(function: Callable[..., T], *args, **kwargs) -> Future[T]:
+    """`function(*args, **kwargs)` on a daemon thread: a run stopped meanwhile neither waits
+    for it (stopping.wait_for) nor is held by it at exit (an executor's thread would be)."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(function(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="hq-plan", daemon=True).start()
+    return future
 
 
 def _join(pieces: list[_Range], start: datetime, target: int,
