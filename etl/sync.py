@@ -119,12 +119,7 @@ def prefetch(items: Iterator[T], depth: int = 1, name: str = "hq-prefetch") -> I
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             slots.put((False, exc))
         finally:  # here, in the thread that runs it: a generator it reads from stops too
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:  # noqa: BLE001 - the consumer has its outcome already
-                    log.debug("closing a prefetched iterator failed", exc_info=True)
+            _close(iterator)
 
     thread = threading.Thread(target=produce, name=name, daemon=True)
     thread.start()
@@ -398,7 +393,8 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
         # place) the newest the page held; that millisecond is read again, and upserted the same.
         begin = page.high_water if isinstance(after, KeysetCursor) and after.next else (
             getattr(after, "indexed_on", None))
-        rest = (total or 0) - len(read | refused)
+        seen = len(read | refused)
+        rest = (total or 0) - seen
         if (not isinstance(after, IndexedOnCursor) or after.tie is not None or begin is None
                 or rest < 2 * WINDOW_PAGES * stream.page_size or waited < WINDOW_LATENCY):
             return [], pages
@@ -414,8 +410,8 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     planned = windows.plan(stream, begin, rest, parts=at_once,
                            min_records=WINDOW_PAGES * stream.page_size,
                            concurrency=settings.max_concurrent_requests, until=after.until,
-                           reach=_reach(oldest, len(read | refused), page.high_water, begin,
-                                        rest), newest=newest)
+                           reach=_reach(oldest, seen, page.high_water, begin, rest),
+                           newest=newest)
     if len(planned) < 2:  # nothing to split (e.g. one busy millisecond): read on in turn
         return [], stream.pages(after)
     # Saved before any window starts: a crash from here on resumes these same windows. The
@@ -545,9 +541,18 @@ def _transform_each(loader: Loader, source: type[sources.Source], pages: Iterato
         for page in pages:
             yield page, _transformed(loader, source, page, domain)
     finally:
-        close = getattr(pages, "close", None)
-        if close is not None:
+        _close(pages)
+
+
+def _close(items: Iterator) -> None:
+    """Close `items` if it is a generator (which runs its `finally`); its caller has its
+    outcome already, so a failure to close is only logged."""
+    close = getattr(items, "close", None)
+    if close is not None:
+        try:
             close()
+        except Exception:  # noqa: BLE001 - see above
+            log.debug("closing an iterator failed", exc_info=True)
 
 
 def _transformed(loader: Loader, source: type[sources.Source], page: Page, domain: str) -> Batch:

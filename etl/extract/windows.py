@@ -65,9 +65,8 @@ def plan(stream: IndexedOnStream, start: datetime, total: int, *, parts: int,
     Two rounds of requests whatever HQ's speed (with `concurrency` >= 2 x `parts`): the
     newest record's `indexed_on`, then the count of each of 2 x `parts` equal slices of time
     up to it, all at once; their time is cut into windows of about `total / parts` records
-    (at least `min_records`). A list that cannot be read newest
-    first (Case API v2) is sliced up to `reach` (a guess at where its records end) or now
-    instead, and again up to the last slice that held records, until the last slice holds
+    (at least `min_records`). A list that cannot be read newest first (Case API v2) is
+    sliced up to `reach` (a guess at where its records end) or now instead, and again up to the last slice that held records, until the last slice holds
     some (each round narrows the span 2 x `parts` times; a guess that fell short, with
     records after it, is dropped for now). `newest`: the first round, asked already (the
     newest record of `start`, or of an earlier start, on, to `until`)."""
