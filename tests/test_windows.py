@@ -184,10 +184,12 @@ def test_a_first_page_slow_to_load_does_not_keep_windows_from_a_slow_hq(
 def test_loads_slower_than_a_slow_hq_read_in_turn_and_say_why(sim_factory, schema, pg_url,
                                                               warehouse, db, monkeypatch,
                                                               caplog):
-    sim = sim_factory(n_cases=600, latency=SLOW)
+    sim = sim_factory(n_cases=900, latency=SLOW)
     settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100,
                              max_concurrent_requests=3)
-    loads = _slow_loads(monkeypatch, SLOW + 0.4, pages=2)
+    # Every page judged loads about as slowly as HQ answers (the later ones, judged by nobody,
+    # at their own speed).
+    loads = _slow_loads(monkeypatch, SLOW, pages=sync.JUDGED_PAGES)
     caplog.set_level("INFO", logger="etl.sync")
     sim.clear_requests()
     assert sync_stream(settings, warehouse, make_client(settings), "demo", "cases").status == "ok"
@@ -196,6 +198,25 @@ def test_loads_slower_than_a_slow_hq_read_in_turn_and_say_why(sim_factory, schem
     assert _most_at_once(_list_requests(sim, "case")) == 1
     said = [r.getMessage() for r in caplog.records if "one page at a time" in r.getMessage()]
     assert len(said) == 1 and "HQ answered in" in said[0], said
+    assert f"the fastest of {sync.JUDGED_PAGES} pages" in said[0], said
+
+
+def test_the_first_pages_slow_to_load_are_judged_by_the_fastest(slow_sim, schema, pg_url,
+                                                                warehouse, db, monkeypatch):
+    # The first two pages load slower than HQ answers (their tables are made), the third
+    # does not: windows from the fourth on, and no page asked for twice.
+    sim = slow_sim
+    settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100,
+                             max_concurrent_requests=3)
+    loads = _slow_loads(monkeypatch, SLOW + 0.4, pages=2)
+    sim.clear_requests()
+    assert sync_stream(settings, warehouse, make_client(settings), "demo", "cases").status == "ok"
+    assert_cases_match(db, schema, sim)
+    assert loads[:3] == ["", "", ""] and all(p.startswith("window:") for p in loads[3:])
+    assert len(loads) > 4
+    pages = Counter(r.query for r in _list_requests(sim, "case")
+                    if parse_qs(r.query).get("limit") != ["1"])
+    assert pages and max(pages.values()) == 1, pages.most_common(3)
 
 
 @pytest.mark.parametrize("answer, load, at_once, ahead, pays", [
@@ -214,10 +235,10 @@ def test_windows_that_cannot_read_ahead_must_beat_one_reader(sim_factory, schema
     # 2 windows of 100 cases without reading ahead (as 2 of 5,000 cases are), loads nearly as
     # slow as HQ: one reader, fetching while it loads, is as fast, without the plan's requests.
     monkeypatch.setattr(sync, "WINDOW_RECORDS_AT_ONCE", 300)
-    sim = sim_factory(n_cases=700, latency=SLOW)
+    sim = sim_factory(n_cases=900, latency=SLOW)
     settings = make_settings(sim.base_url, schema, pg_url, case_page_size=100,
                              max_concurrent_requests=2)
-    loads = _slow_loads(monkeypatch, SLOW - 0.15, pages=2)
+    loads = _slow_loads(monkeypatch, SLOW - 0.15, pages=sync.JUDGED_PAGES)
     caplog.set_level("INFO", logger="etl.sync")
     sim.clear_requests()
     assert sync_stream(settings, warehouse, make_client(settings), "demo", "cases").status == "ok"
