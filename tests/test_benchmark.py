@@ -22,6 +22,9 @@ def test_the_benchmark_runs_and_reports_its_numbers(pg_url):
     (line,) = [json.loads(l) for l in result.stdout.splitlines() if l.startswith("{")]
     assert line["cases"] == 200 and line["records_per_s"] > 0 and line["sync_peak_rss_mb"] > 0
     assert line["streams"]["cases"]["records"] >= 200
+    cpu = line["cpu"]  # where the machine's CPU went: the sync's tree, the simulator, the rest
+    assert cpu["tool_s"] > 0 and cpu["simulator_s"] >= 0 and cpu["postgres_and_rest_s"] >= 0
+    assert 0 < cpu["busy_share"] <= 1.05 and cpu["floor_s"] <= line["wall_s"] * 1.05
 
 
 def test_the_restore_benchmark_runs_and_reports_its_numbers(pg_url):
