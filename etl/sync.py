@@ -7,7 +7,7 @@ import queue
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator, TypeVar
@@ -339,19 +339,41 @@ def _windowed(stream: Stream, cursor: Cursor) -> bool:
     return getattr(stream, "windowed", False) and isinstance(cursor, IndexedOnCursor)
 
 
+def _next_page(pages: Iterator[Page]) -> tuple[Page | None, float]:
+    """The next page (None at the end) and the seconds it took to come."""
+    asked = time.monotonic()
+    page = next(pages, None)
+    return page, time.monotonic() - asked
+
+
+def _then(pending: "Future[tuple[Page | None, float]] | None",
+          pages: Iterator[Page]) -> Iterator[Page]:
+    """The page asked for in the background (if any), then the rest of `pages`."""
+    try:
+        if pending is not None:
+            page, _ = stopping.wait_for(pending)
+            if page is None:
+                return
+            yield page
+        yield from pages
+    finally:
+        _close(pages)
+
+
 def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
                   source: type[sources.Source], stream: Stream, pages: Iterator[Page],
                   cursor: IndexedOnCursor, report: StreamReport, place: _Place,
                   cursor_extra: dict, progress: Progress) -> tuple[list[Window], Iterator[Page]]:
     """The windows to read side by side, and the pages still to read one by one (none when
     there are windows). A plan saved by a run that did not finish (in the cursor the run
-    starts from) is resumed. Otherwise the first page is loaded by itself: HQ's count on it
-    says whether the rest is long enough to split, so a short read (a scheduled run) makes no
-    request it would not make anyway, and its answer time whether HQ is slow enough for
-    windows to pay: slower than WINDOW_LATENCY and than loading a page. The first pages often
-    load slower than the rest (the BI tables and columns their records need are made then),
-    so up to JUDGED_PAGES pages are judged, by the fastest load among them, before the rest
-    is read in turn."""
+    starts from) is resumed. Otherwise the first pages are read in turn, the next asked for
+    while one loads: HQ's count on the first says whether the rest is long enough to split,
+    so a short read (a scheduled run) makes no request it would not make anyway, and HQ's
+    answer time whether HQ is slow enough for windows to pay: slower than WINDOW_LATENCY and
+    than loading a page. The first pages often load slower than the rest (the BI tables and
+    columns their records need are made then), so up to JUDGED_PAGES pages are judged, by the
+    fastest load among them, before the rest is read in turn. Once windows pay, the page
+    asked for meanwhile is loaded too, and the windows begin after it."""
     if cursor.extra.get("windows"):
         planned = [Window.parse(w) for w in cursor.extra["windows"]]
         log.info("%s %s [%s]: resuming the %d windows of indexed_on an unfinished run began",
@@ -365,14 +387,23 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
     total, read, refused, oldest, newest = None, set(), set(), None, None
     ahead = reads_ahead(settings, stream.page_size)
     fastest = float("inf")  # the fastest load among the pages judged
-    for n in range(JUDGED_PAGES):
-        asked = time.monotonic()
-        page = next(pages, None)
-        waited = time.monotonic() - asked
+    # The next page is asked for while this one loads, as one reader does: reading on in turn
+    # needs it, and windows, once they pay, begin after it (no page is asked for twice).
+    pending: Future[tuple[Page | None, float]] | None = None
+    loaded, judged, decided = 0, 0, False
+    while True:
+        if pending is None:
+            page, waited = _next_page(pages)
+        else:
+            page, waited = stopping.wait_for(pending)
+            pending = None
         if page is None:
             return [], pages
+        if not decided:
+            pending = windows.in_background(_next_page, pages)
         page.cursor = page.cursor.with_extra(cursor_extra)
-        if (newest is None and waited >= WINDOW_LATENCY and getattr(stream, "newest_first", True)
+        if (not decided and newest is None and waited >= WINDOW_LATENCY
+                and getattr(stream, "newest_first", True)
                 and ahead and isinstance(page.cursor, IndexedOnCursor) and page.cursor.indexed_on
                 and (page.total or 0) - len(page.records) >= 2 * WINDOW_PAGES * stream.page_size):
             # HQ is slow: the plan's first request (the newest record) goes now, while this
@@ -389,9 +420,12 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
         main = source.target.main
         read.update(getattr(row, main.key[1]) for row in batch.rows.get(main.name, ()))
         # A record refused in the millisecond read again is refused twice: count it once.
-        refused.update(r.record_id or f"#{n}-{i}" for i, r in enumerate(batch.rejects))
+        refused.update(r.record_id or f"#{loaded}-{i}" for i, r in enumerate(batch.rejects))
         _load(loader, source, page, batch, report, place, stream.requests_made)
-        fastest = min(fastest, time.monotonic() - began)
+        loaded += 1
+        if not decided:
+            judged += 1
+            fastest = min(fastest, time.monotonic() - began)
         progress.advance(batch.records, page.total)
         stopping.check()
         after = page.cursor
@@ -402,18 +436,24 @@ def _plan_windows(settings: Settings, warehouse: Warehouse, loader: Loader,
         seen = len(read | refused)
         rest = (total or 0) - seen
         if (not isinstance(after, IndexedOnCursor) or begin is None
-                or rest < 2 * WINDOW_PAGES * stream.page_size or waited < WINDOW_LATENCY):
-            return [], pages
-        # A page ending inside a millisecond: windows cannot begin there; judge the next.
-        if after.tie is None and windows_pay(waited, fastest, at_once, ahead):
+                or rest < 2 * WINDOW_PAGES * stream.page_size
+                or (not decided and waited < WINDOW_LATENCY)):
+            return [], _then(pending, pages)
+        if after.tie is not None:  # a page ending inside a millisecond: windows cannot begin there
+            if decided or judged < JUDGED_PAGES:
+                continue
+            return [], _then(pending, pages)
+        if decided:
             break
-    else:
-        if after.tie is None:
+        if windows_pay(waited, fastest, at_once, ahead):
+            decided = True  # the page asked for meanwhile is loaded first
+            continue
+        if judged >= JUDGED_PAGES:
             log.info("%s %s [%s]: HQ answered in %.2fs and the fastest of %d pages loaded in "
                      "%.2fs: reading the rest one page at a time, the next fetched while one "
                      "loads (windows pay only when HQ, not the loads, takes the time)",
                      report.command, stream.name, place.domain, waited, JUDGED_PAGES, fastest)
-        return [], pages
+            return [], _then(pending, pages)
     pages.close()  # its next request would read what the windows read
     planned = windows.plan(stream, begin, rest, parts=at_once,
                            min_records=WINDOW_PAGES * stream.page_size,
