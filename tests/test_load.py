@@ -387,3 +387,32 @@ def test_a_case_that_changes_type_leaves_its_old_types_table_even_on_a_runs_firs
         ("b",)]
     assert db.execute(f'select case_id, colour from "{schema}".case_contact').fetchall() == [
         ("a", "green")]
+
+
+@pytest.mark.parametrize("stream", ["cases", "forms"])
+def test_the_page_that_opens_a_continuation_table_writes_its_values_there(db, schema,
+                                                                         monkeypatch, stream):
+    """A table that is full (MAX_PART_COLUMNS) gets its next columns in `__part2`. When a later
+    run's page opens it, adding the columns reads the catalog again; the page's values must
+    still go to the new table (they once stayed only in the base table's jsonb)."""
+    from etl.load import bi
+
+    monkeypatch.setattr(bi, "MAX_PART_COLUMNS", 2)
+    if stream == "cases":
+        first = [case("a", "2024-05-01T00:00:00Z", q1="a", q2="b")]
+        second = [case("b", "2024-05-02T00:00:00Z", q1="x", q2="y", q3="z")]
+        table, key = "case_patient", "case_id"
+    else:
+        first = [{"id": "f1", "indexed_on": "2024-05-01T00:00:00Z", "archived": False,
+                  "form": {"@xmlns": "http://x/wide", "@name": "Wide", "q1": "a", "q2": "b"}}]
+        second = [{"id": "f2", "indexed_on": "2024-05-02T00:00:00Z", "archived": False,
+                   "form": {"@xmlns": "http://x/wide", "@name": "Wide", "q1": "x", "q2": "y",
+                            "q3": "z"}}]
+        table, key = "form_wide", "form_id"
+    load(db, schema, first, stream=stream)
+    load(db, schema, second, stream=stream)  # a new loader: a later run
+    part2, = db.execute(f"select table_name from \"{schema}\".catalog_tables where "
+                        f"source_kind = 'part'").fetchone()
+    assert part2 == f"{table}__part2"
+    assert db.execute(f'select {key}, q3 from "{schema}"."{part2}"').fetchall() == [
+        (second[0].get("case_id") or second[0]["id"], "z")]

@@ -462,7 +462,8 @@ def clean_values(values: dict[str, str | None]) -> dict[str, str]:
 def table_writes(info: TableInfo, ids: list[str], id_column: str, fixed_columns: list[str],
                   records: list[tuple[tuple, dict]],
                   placed: dict[str, tuple[str, str] | None], clean: bool = True) -> list[Write]:
-    """One write per physical table of `info`. `records`: (fixed values, {path: text}) each,
+    """One write per physical table of `info` (as the catalog holds it after `placed` was
+    made: adding columns may have read it again, and added a continuation table). `records`: (fixed values, {path: text}) each,
     as `clean_values` makes them unless `clean`; a continuation table gets a row only where
     the record has a value in it."""
     by_table: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -767,8 +768,8 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
                                  ((p, p) for p in paths if not p.startswith("index/")))
         placed.update(catalog.columns(info, "case_index", case_type, (
             (p, f"index_{p[6:]}") for p in paths if p.startswith("index/"))))
-        writes += table_writes(info, [r.case_id for r in type_rows], "case_id", fixed_columns,
-                                records, placed, clean=False)
+        writes += table_writes(catalog.tables[info.key], [r.case_id for r in type_rows],
+                               "case_id", fixed_columns, records, placed, clean=False)
     apply_writes(catalog, domain, writes, batch.rejects,
                  fresh=[case_id for case_id, inserted in won.items() if inserted])
 
@@ -883,7 +884,8 @@ def _form_rows(catalog: Catalog, info: TableInfo, xmlns: str, form_rows: list,
     fixed = [c for c, _ in FORM_FIXED]
     records = [(tuple(getattr(row, c) for c in fixed), _cleaned(flats[row.form_id].root))
                for row in form_rows]
-    return table_writes(info, form_ids, "form_id", fixed, records, placed, clean=False)
+    return table_writes(catalog.tables[info.key], form_ids, "form_id", fixed, records, placed,
+                        clean=False)
 
 
 def _cleaned(item: Item) -> dict[str, str]:
@@ -917,8 +919,8 @@ def _repeat_rows(catalog: Catalog, form_info: TableInfo, xmlns: str, domain: str
              else readable(p.rsplit("/", 1)[-1])) for p in paths))
         records = [((domain, form_id, item.key, item.parent_key, item.position), _cleaned(item))
                    for form_id, item in entries]
-        writes += table_writes(info, form_ids, "form_id", [c for c, _ in REPEAT_FIXED],
-                                records, placed, clean=False)
+        writes += table_writes(catalog.tables[info.key], form_ids, "form_id",
+                               [c for c, _ in REPEAT_FIXED], records, placed, clean=False)
     return writes
 
 
