@@ -225,6 +225,9 @@ class Catalog:
     wrote: dict[str, str] = field(default_factory=dict)
     repeat_hints: dict[str, frozenset[str]] = field(default_factory=dict)  # see Loader
     fast: bool = False  # writes without savepoints (see FAST_PATH_FAILURES)
+    # Moves on whenever a table, column or label may have changed: writes made from a
+    # snapshot of another generation are made again (see CatalogView).
+    generation: int = 0
 
     def t(self, name: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(name))
@@ -234,6 +237,7 @@ class Catalog:
         return bool(self.busy)
 
     def load(self) -> None:
+        self.generation += 1
         self.tables.clear()
         self.views.clear()
         owners: dict[str, str] = {}
@@ -306,6 +310,16 @@ class Catalog:
         if self.table_names is None:
             self.load()
 
+    def snapshot(self) -> "CatalogView | None":
+        """What the page ahead's BI writes are made from, in the reading thread: a copy of the
+        tables and columns there are now (None while the catalog is to be read again)."""
+        if self.table_names is None:
+            return None
+        return CatalogView(self.generation, {
+            key: TableInfo(info.name, info.key, NameAllocator(info.columns.owner), list(info.parts),
+                           dict(info.counts), dict(info.home))
+            for key, info in self.tables.items()}, dict(self.labels), dict(self.form_names))
+
     def _create(self, name: str, kind: str, source: str, columns: list[tuple[str, str]],
                 key: tuple[str, ...], *, parent: str | None, label: str | None,
                 comment: str, extra: tuple[str, ...] = ()) -> None:
@@ -333,6 +347,7 @@ class Catalog:
         info = self.tables.get((kind, source))
         if info:
             return info
+        self.generation += 1
         name = self.table_names.allocate(f"{kind}:{source}", prefix, readable_as=readable_as)
         self._create(name, kind, source, list(FIXED[kind]), KEYS[kind], parent=parent,
                      label=label,
@@ -380,6 +395,7 @@ class Catalog:
                 result[path] = (info.home[column], column)
         if not missing:
             return result
+        self.generation += 1
         self.lock()
         info = self.tables[info.key]  # the reload under the lock made fresh objects
         for path, shown in missing:
@@ -419,6 +435,60 @@ class Catalog:
             self.adding.add(table)
             result[path] = (table, column)
         return result
+
+
+class NotReady(Exception):
+    """A page needs a table or column the snapshot does not have: its writes wait for the load."""
+
+
+@dataclass
+class CatalogView:
+    """A catalog as it was between two pages, read-only, for the thread that prepares the page
+    ahead: it answers `table` and `columns` as the Catalog does when nothing is to be added,
+    and raises NotReady where the Catalog would add a table or column. Writes made from it are
+    used only if the catalog is still of the same `generation` when the page loads."""
+
+    generation: int
+    tables: dict[tuple[str, str], TableInfo]
+    labels: dict[tuple[str, str], tuple[str | None, str | None]]
+    form_names: dict[str, str]
+    repeat_hints: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def ensure_loaded(self) -> None:
+        pass
+
+    def table(self, kind: str, source: str, readable_as: str, prefix: str = "",
+              parent: str | None = None, label: str | None = None) -> TableInfo:
+        info = self.tables.get((kind, source))
+        if info is None:
+            raise NotReady(f"no table for {kind} {source!r} yet")
+        return info
+
+    def columns(self, info: TableInfo, source_kind: str, source_name: str,
+                paths: Iterable[tuple[str, str]]) -> dict[str, tuple[str, str] | None]:
+        result: dict[str, tuple[str, str] | None] = {}
+        for path, _ in paths:
+            column = info.columns.by_name.get(path)
+            if column is None:
+                raise NotReady(f"no column for {path!r} in {info.name} yet")
+            result[path] = (info.home[column], column)
+        return result
+
+
+@dataclass
+class Prepared:
+    """A page's BI writes, made ahead from a CatalogView, for every record of the page."""
+
+    generation: int
+    ids: frozenset[str]
+    writes: list["Write"]
+    repeat_hints: dict[str, frozenset[str]]
+
+    def fits(self, catalog: Catalog, won: dict[str, bool]) -> bool:
+        """Whether these are the writes the load would make now: the catalog unchanged since
+        the snapshot, and the page's upsert written every record (none was older)."""
+        return (catalog.table_names is not None and catalog.generation == self.generation
+                and len(won) == len(self.ids) and self.ids.issuperset(won))
 
 
 def _text(value: object) -> str | None:
@@ -749,6 +819,37 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
         info = catalog.tables.get(("case_type", old_type))
         if case_id in won and info:
             writes += [Write(table, [case_id], [], [], "case_id") for table in info.parts]
+    prepared = batch.bi_writes
+    if isinstance(prepared, Prepared) and prepared.fits(catalog, won):
+        writes += prepared.writes
+    else:
+        writes += _case_writes(catalog, batch, won)
+    apply_writes(catalog, domain, writes, batch.rejects,
+                 fresh=[case_id for case_id, inserted in won.items() if inserted])
+
+
+def prepare_case_writes(view: CatalogView, batch: Batch) -> Prepared | None:
+    """The page's case-type table writes, made ahead (in the reading thread) from `view`, as
+    if every case of the page is written; None when the page needs a new table or column."""
+    ids = frozenset(row.case_id for row in batch.rows.get("cases", []))
+    writes = _ahead(_case_writes, view, batch, dict.fromkeys(ids, True))
+    return None if writes is None else Prepared(view.generation, ids, writes, {})
+
+
+def _ahead(make: Callable[..., list[Write]], view: CatalogView, *args) -> list[Write] | None:
+    """`make(view, *args)`, or None: the load makes the writes, and reports what fails."""
+    try:
+        return make(view, *args)
+    except NotReady:
+        return None
+    except Exception:  # noqa: BLE001 - made again at load, where a failure is the page's
+        log.debug("BI writes could not be made ahead; the load makes them", exc_info=True)
+        return None
+
+
+def _case_writes(catalog: Catalog | CatalogView, batch: Batch,
+                 won: dict[str, bool]) -> list[Write]:
+    writes: list[Write] = []
     rows = _newest([r for r in batch.rows.get("cases", []) if r.case_id in won], "case_id")
     prepared = batch.case_values or case_values(batch)  # made a page ahead, as a rule
     by_type: dict[str, list] = defaultdict(list)
@@ -770,8 +871,7 @@ def load_case_tables(catalog: Catalog, domain: str, batch: Batch,
             (p, f"index_{p[6:]}") for p in paths if p.startswith("index/"))))
         writes += table_writes(catalog.tables[info.key], [r.case_id for r in type_rows],
                                "case_id", fixed_columns, records, placed, clean=False)
-    apply_writes(catalog, domain, writes, batch.rejects,
-                 fresh=[case_id for case_id, inserted in won.items() if inserted])
+    return writes
 
 
 # --- forms ---------------------------------------------------------------------------------
@@ -790,6 +890,31 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch,
     if not won:
         return
     catalog.ensure_loaded()
+    prepared = batch.bi_writes
+    if isinstance(prepared, Prepared) and prepared.fits(catalog, won):
+        catalog.repeat_hints.update(prepared.repeat_hints)
+        writes = prepared.writes
+    else:
+        writes = _form_writes(catalog, domain, batch, won)
+    apply_writes(catalog, domain, writes, batch.rejects,
+                 fresh=[i for i, inserted in won.items() if inserted])
+
+
+def prepare_form_writes(view: CatalogView, batch: Batch) -> Prepared | None:
+    """The page's form, repeat and form_case_actions writes, made ahead from `view` (as
+    prepare_case_writes)."""
+    rows = batch.rows.get("forms", [])
+    if not rows:
+        return None
+    ids = frozenset(row.form_id for row in rows)
+    writes = _ahead(_form_writes, view, rows[0].domain, batch, dict.fromkeys(ids, True))
+    return None if writes is None else Prepared(view.generation, ids, writes, view.repeat_hints)
+
+
+def _form_writes(catalog: Catalog | CatalogView, domain: str, batch: Batch,
+                 won: dict[str, bool]) -> list[Write]:
+    """Every write of the page's forms in `won`, form_case_actions last; each xmlns's repeat
+    paths go to `catalog.repeat_hints` as they are found."""
     rows = _newest([r for r in batch.rows.get("forms", []) if r.form_id in won], "form_id")
     won_ids = list(rows)
     actions = []
@@ -825,8 +950,7 @@ def load_form_tables(catalog: Catalog, schema: str, domain: str, batch: Batch,
     # Last, as a write like the others: deleted for the updated forms, refused rows alone.
     writes.append(Write("form_case_actions", won_ids, list(_ACTION_COLUMNS), actions, "form_id",
                         _ACTION_OIDS))
-    apply_writes(catalog, domain, writes, batch.rejects,
-                 fresh=[i for i in won_ids if won[i]])
+    return writes
 
 
 _ACTION_COLUMNS = ("domain", "form_id", "block", "action", "case_id", "case_type", "properties",

@@ -8,6 +8,7 @@ or nothing of it: the next run resumes from the last saved cursor.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -112,6 +113,9 @@ def _form_tables(loader: "Loader", domain: str, batch: Batch, _: Any) -> None:
 def _prepare_case_tables(loader: "Loader", batch: Batch) -> None:
     if loader.bi:
         batch.case_values = bi.case_values(batch)
+        view = loader.writes_ahead_from()
+        if view is not None:
+            batch.bi_writes = bi.prepare_case_writes(view, batch)
     batch.sources.clear()  # what they were made from: a page's parsed JSON is most of its memory
 
 
@@ -124,6 +128,9 @@ def _prepare_form_tables(loader: "Loader", batch: Batch) -> None:
         # Flattened: the parsed record goes. Should the load flatten it again after all, it
         # reads the form back from its row's JSON (bi.load_form_tables).
         batch.sources.pop(form_id, None)
+    view = loader.writes_ahead_from()
+    if view is not None:
+        batch.bi_writes = bi.prepare_form_writes(view, batch)
 
 
 def _app_labels(loader: "Loader", domain: str, batch: Batch, _: Any) -> None:
@@ -196,6 +203,8 @@ class Loader:
     _won: dict[str, bool] = field(default_factory=dict)
     _types: dict[str, list[int | None]] = field(default_factory=dict)  # table -> column oids
     _fast: bool = False  # this attempt at a page writes without savepoints (bi.FAST_PATH_FAILURES)
+    # The catalog as the last committed page left it, for the reading thread (writes_ahead_from).
+    _snapshot: bi.CatalogView | None = None
 
     ddl_lock_timeout: float = DEFAULT_DDL_LOCK_TIMEOUT
     # Base columns this source does not know (Case API v2 lacks five of v0.5's): an update
@@ -231,6 +240,22 @@ class Loader:
         against the catalog when the page loads, and redone there if it no longer holds."""
         if target.prepare:
             target.prepare(self, batch)
+
+    def writes_ahead_from(self) -> bi.CatalogView | None:
+        """In the reading thread: the catalog to make the next page's BI writes from (a copy,
+        as the last committed page left it), or None: not yet read, or the base rows' columns
+        that the BI tables copy may still change in the load (`keep`)."""
+        view = self._snapshot
+        if view is None or self.keep:
+            return None
+        return dataclasses.replace(view, repeat_hints={})
+
+    def _take_snapshot(self) -> None:
+        """After a commit: a fresh copy of the catalog for writes_ahead_from when it changed."""
+        catalog = self._catalog
+        if self.bi and catalog is not None and (
+                self._snapshot is None or self._snapshot.generation != catalog.generation):
+            self._snapshot = catalog.snapshot()
 
     def after_bi(self, main: TableSpec, stream: str, domain: str) -> None:
         """In the page's transaction, behind its BI writes: count what did not parse, and
@@ -376,6 +401,7 @@ class Loader:
                     self._catalog.end_transaction(committed)
             if committed:
                 self.keep_statistics(target)
+                self._take_snapshot()
                 return result
 
     def keep_statistics(self, target: Target) -> None:

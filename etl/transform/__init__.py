@@ -32,6 +32,8 @@ class Batch:
     # By case id, made a page ahead: its BI values, cleaned, and all its paths when some are
     # blank (bi.case_values).
     case_values: dict[str, tuple[dict, tuple]] = field(default_factory=dict)
+    # The page's BI writes, made ahead from a snapshot of the catalog (bi.Prepared), if any.
+    bi_writes: Any = None
 
     def add(self, table: str, row: tuple) -> None:
         self.rows.setdefault(table, []).append(row)
