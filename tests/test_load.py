@@ -604,3 +604,17 @@ def test_an_upgrade_queues_the_rows_a_continuation_table_may_miss_and_a_sync_wri
     assert db.execute(f'select form_id, q3 from "{schema}".form_wide__part2').fetchall() == [
         ("f2", "z")]
     assert db.execute(f'select count(*) from "{schema}".bi_pending').fetchone() == (0,)
+
+
+def test_a_queued_record_marked_deleted_keeps_its_bi_rows_marked_when_rewritten(db, schema):
+    """bi_pending's rewrite makes a record's BI rows again from its base row; a record that
+    reconcile marked deleted meanwhile keeps `deleted = true` there too."""
+    load(db, schema, [case("a", "2024-05-01T00:00:00Z", colour="red"),
+                      case("b", "2024-05-01T00:00:00Z", colour="blue")])
+    db.execute(f"update \"{schema}\".cases set deleted = true where case_id = 'a'")
+    db.execute(f"update \"{schema}\".case_patient set deleted = true where case_id = 'a'")
+    db.execute(f"insert into \"{schema}\".bi_pending (domain, stream, record_id) values "
+               f"('demo', 'cases', 'a'), ('demo', 'cases', 'b')")
+    assert Loader(db, schema).rebuild_pending(sources.get("cases").target, "cases", "demo") == 2
+    assert db.execute(f'select case_id, colour, deleted from "{schema}".case_patient order by 1'
+                      ).fetchall() == [("a", "red", True), ("b", "blue", False)]

@@ -290,6 +290,7 @@ class Loader:
                     self._won = dict.fromkeys(ids, False)
                     if target.after:
                         target.after(self, domain, batch, {})
+                    self._keep_deleted(target.main, domain, ids)
                     if self.catalog.deferred:  # still locked: try again next run
                         raise _StillBusy
                     self.conn.execute(sql.SQL(
@@ -304,6 +305,22 @@ class Loader:
                     self._staged.clear()
                 self.catalog.end_transaction(committed)
             done += len(ids)
+
+    def _keep_deleted(self, main: TableSpec, domain: str, ids: list[str]) -> None:
+        """Rewritten BI rows of records marked deleted (reconcile) stay marked so."""
+        key = sql.Identifier(main.key[1])
+        gone = [r[0] for r in self.conn.execute(sql.SQL(
+            "select {} from {} where domain = %s and {} = any(%b) and deleted").format(
+            key, self._table(main.name), key), (domain, ids))]
+        if not gone:
+            return
+        tables = {info.name for info in self.catalog.tables.values()
+                  if info.kind in ("case_type", "form", "repeat")}
+        for table, id_column in self.catalog.written.items():
+            if table in tables:
+                self.conn.execute(sql.SQL(
+                    "update {} set deleted = true where domain = %s and {} = any(%b)").format(
+                    self._table(table), sql.Identifier(id_column)), (domain, gone))
 
     def _batch_from_base(self, target: "Target", domain: str, ids: list[str]) -> Batch:
         """The page a transform would have made of these records, read back from the base."""
