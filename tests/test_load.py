@@ -573,8 +573,8 @@ def test_an_export_table_opened_by_a_later_page_gets_its_values_too(db, schema, 
 def test_an_upgrade_queues_the_rows_a_continuation_table_may_miss_and_a_sync_writes_them(
         db, schema, warehouse, monkeypatch):
     """Warehouses loaded before the fix may miss such values: migration 0011 queues every
-    record of a table with a continuation table that has no row there (and is not deleted),
-    and the next run's rewrite of queued records puts the values back."""
+    record of a table with a continuation table that has no row there, and the next run's
+    rewrite of queued records puts the values back (a record marked deleted stays so)."""
     from alembic import command
 
     from etl.db import alembic_config
@@ -586,10 +586,12 @@ def test_an_upgrade_queues_the_rows_a_continuation_table_may_miss_and_a_sync_wri
         return {"id": form_id, "indexed_on": "2024-05-01T00:00:00Z", "archived": False,
                 "form": {"@xmlns": "http://x/wide", "@name": "Wide", **questions}}
 
-    load(db, schema, [form("f1", q1="a", q2="b"), form("gone", q1="c")], stream="forms")
-    load(db, schema, [form("f2", q1="x", q2="y", q3="z")], stream="forms")
+    load(db, schema, [form("f1", q1="a", q2="b")], stream="forms")
+    load(db, schema, [form("f2", q1="x", q2="y", q3="z"), form("gone", q1="c", q2="d", q3="e")],
+         stream="forms")
     db.execute(f'delete from "{schema}".form_wide__part2')  # as the bug left it
-    db.execute(f"update \"{schema}\".form_wide set deleted = true where form_id = 'gone'")
+    for table in ("forms", "form_wide"):
+        db.execute(f"update \"{schema}\".{table} set deleted = true where form_id = 'gone'")
 
     cfg = alembic_config(schema)
     with warehouse.engine.begin() as conn:
@@ -597,12 +599,15 @@ def test_an_upgrade_queues_the_rows_a_continuation_table_may_miss_and_a_sync_wri
         command.downgrade(cfg, "0010")
         command.upgrade(cfg, "head")
     assert db.execute(f'select domain, stream, record_id from "{schema}".bi_pending order by 3'
-                      ).fetchall() == [("demo", "forms", "f1"), ("demo", "forms", "f2")]
+                      ).fetchall() == [("demo", "forms", "f1"), ("demo", "forms", "f2"),
+                                       ("demo", "forms", "gone")]
 
     loader = Loader(db, schema)
-    assert loader.rebuild_pending(sources.get("forms").target, "forms", "demo") == 2
-    assert db.execute(f'select form_id, q3 from "{schema}".form_wide__part2').fetchall() == [
-        ("f2", "z")]
+    assert loader.rebuild_pending(sources.get("forms").target, "forms", "demo") == 3
+    assert db.execute(f'select form_id, q3 from "{schema}".form_wide__part2 order by 1'
+                      ).fetchall() == [("f2", "z"), ("gone", "e")]
+    assert db.execute(f'select form_id, deleted from "{schema}".form_wide order by 1').fetchall(
+    ) == [("f1", False), ("f2", False), ("gone", True)]
     assert db.execute(f'select count(*) from "{schema}".bi_pending').fetchone() == (0,)
 
 

@@ -3,9 +3,9 @@
 Before 923865a, the page that opened a continuation table (`<table>__part2`, …) of an existing
 case type's, form's or repeat group's table did not write its records' values there: they
 stayed in the base tables' jsonb only. Which records those were is not recorded, so every
-record of such a table without a row in one of its continuation tables (and not marked
-deleted) is queued in bi_pending, and the next sync of its stream rewrites its BI rows from
-the base tables (a record with no value there gets no row again). Tables this narrow have no continuation table,
+record of such a table without a row in one of its continuation tables is queued in
+bi_pending, and the next sync of its stream rewrites its BI rows from the base tables (a
+record with no value there gets no row again; one marked deleted stays marked). Tables this narrow have no continuation table,
 and nothing is queued for them.
 
 Revision ID: 0011
@@ -42,7 +42,7 @@ def upgrade() -> None:
         op.execute(f"""
             insert into "{s}".bi_pending (domain, stream, record_id)
             select distinct t.domain, '{stream}', t."{id_column}" from "{s}"."{table}" t
-            where not t.deleted and not exists (select 1 from "{s}"."{part}" p where {match})
+            where not exists (select 1 from "{s}"."{part}" p where {match})
             on conflict do nothing""")
 
 
