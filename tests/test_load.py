@@ -514,6 +514,13 @@ def test_no_bi_writes_are_made_ahead_where_the_load_changes_the_rows_they_copy(d
     _load_batch(keeping, target, "cases", batch)
     assert keeping.writes_ahead_from() is None
     assert Loader(db, schema).writes_ahead_from() is None
+    # Nor is the catalog copied for targets that make none (the Export API's, the restore's).
+    loader = Loader(db, schema)
+    loader.catalog.ensure_loaded()
+    loader._take_snapshot(sources.get("exports").target)
+    assert loader.writes_ahead_from() is None
+    loader._take_snapshot(target)
+    assert loader.writes_ahead_from() is not None
 
 
 @pytest.mark.parametrize("stream", ["cases", "forms"])

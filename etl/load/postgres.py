@@ -250,10 +250,11 @@ class Loader:
             return None
         return dataclasses.replace(view, repeat_hints={})
 
-    def _take_snapshot(self) -> None:
-        """After a commit: a fresh copy of the catalog for writes_ahead_from when it changed."""
+    def _take_snapshot(self, target: Target) -> None:
+        """After a commit: a fresh copy of the catalog for writes_ahead_from when it changed,
+        for a target that makes writes ahead (not the Export API's or the restore's tables)."""
         catalog = self._catalog
-        if self.bi and catalog is not None and (
+        if self.bi and target.prepare is not None and catalog is not None and (
                 self._snapshot is None or self._snapshot.generation != catalog.generation):
             self._snapshot = catalog.snapshot()
 
@@ -418,7 +419,7 @@ class Loader:
                     self._catalog.end_transaction(committed)
             if committed:
                 self.keep_statistics(target)
-                self._take_snapshot()
+                self._take_snapshot(target)
                 return result
 
     def keep_statistics(self, target: Target) -> None:
