@@ -237,7 +237,11 @@ class Catalog:
         return bool(self.busy)
 
     def load(self) -> None:
+        """Read the catalog again. A table's TableInfo is refreshed in place: whoever holds it
+        (a page's writes being made, across adding columns under the lock) sees the table as
+        it is now, a continuation table added meanwhile included."""
         self.generation += 1
+        before = dict(self.tables)
         self.tables.clear()
         self.views.clear()
         owners: dict[str, str] = {}
@@ -265,10 +269,15 @@ class Catalog:
             physical = [table] + [name for _, name in sorted(parts[table])]
             taken = {c: path for name in physical for c, path in columns[name].items()}
             fixed = {name for name, _ in FIXED[kind]} | {"deleted", "synced_at"}
-            self.tables[(kind, source)] = TableInfo(
+            info = TableInfo(
                 table, (kind, source), NameAllocator(taken, reserved=fixed), physical,
                 {name: len(columns[name]) for name in physical},
                 {c: name for name in physical for c in columns[name]})
+            held = before.get((kind, source))
+            if held is not None:
+                held.__dict__.update(info.__dict__)
+                info = held
+            self.tables[(kind, source)] = info
         # Names taken by anything else in the schema (an analyst's own table or view, a view
         # of an older version) are never allocated: CREATE would fail on every run.
         self.relations = dict(self.conn.execute(
@@ -397,7 +406,7 @@ class Catalog:
             return result
         self.generation += 1
         self.lock()
-        info = self.tables[info.key]  # the reload under the lock made fresh objects
+        info = self.tables[info.key]  # after a rollback, the reload may have dropped it
         for path, shown in missing:
             column = info.columns.by_name.get(path)  # another process may have added it
             if column is not None:
@@ -532,8 +541,7 @@ def clean_values(values: dict[str, str | None]) -> dict[str, str]:
 def table_writes(info: TableInfo, ids: list[str], id_column: str, fixed_columns: list[str],
                   records: list[tuple[tuple, dict]],
                   placed: dict[str, tuple[str, str] | None], clean: bool = True) -> list[Write]:
-    """One write per physical table of `info` (as the catalog holds it after `placed` was
-    made: adding columns may have read it again, and added a continuation table). `records`: (fixed values, {path: text}) each,
+    """One write per physical table of `info`. `records`: (fixed values, {path: text}) each,
     as `clean_values` makes them unless `clean`; a continuation table gets a row only where
     the record has a value in it."""
     by_table: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -869,8 +877,8 @@ def _case_writes(catalog: Catalog | CatalogView, batch: Batch,
                                  ((p, p) for p in paths if not p.startswith("index/")))
         placed.update(catalog.columns(info, "case_index", case_type, (
             (p, f"index_{p[6:]}") for p in paths if p.startswith("index/"))))
-        writes += table_writes(catalog.tables[info.key], [r.case_id for r in type_rows],
-                               "case_id", fixed_columns, records, placed, clean=False)
+        writes += table_writes(info, [r.case_id for r in type_rows], "case_id", fixed_columns,
+                               records, placed, clean=False)
     return writes
 
 
@@ -1008,8 +1016,7 @@ def _form_rows(catalog: Catalog, info: TableInfo, xmlns: str, form_rows: list,
     fixed = [c for c, _ in FORM_FIXED]
     records = [(tuple(getattr(row, c) for c in fixed), _cleaned(flats[row.form_id].root))
                for row in form_rows]
-    return table_writes(catalog.tables[info.key], form_ids, "form_id", fixed, records, placed,
-                        clean=False)
+    return table_writes(info, form_ids, "form_id", fixed, records, placed, clean=False)
 
 
 def _cleaned(item: Item) -> dict[str, str]:
@@ -1043,8 +1050,8 @@ def _repeat_rows(catalog: Catalog, form_info: TableInfo, xmlns: str, domain: str
              else readable(p.rsplit("/", 1)[-1])) for p in paths))
         records = [((domain, form_id, item.key, item.parent_key, item.position), _cleaned(item))
                    for form_id, item in entries]
-        writes += table_writes(catalog.tables[info.key], form_ids, "form_id",
-                               [c for c, _ in REPEAT_FIXED], records, placed, clean=False)
+        writes += table_writes(info, form_ids, "form_id", [c for c, _ in REPEAT_FIXED],
+                               records, placed, clean=False)
     return writes
 
 

@@ -45,8 +45,7 @@ def write_export_tables(loader: "Loader", domain: str, batch: Batch, _: Any) -> 
             headers.update(dict.fromkeys(record["values"]))
         placed = catalog.columns(info, HEADER, name, ((h, _column(h)) for h in headers))
         rows = [((domain, form_id), _texts(r["values"])) for form_id, r in forms.items()]
-        writes += bi.table_writes(catalog.tables[info.key], form_ids, "form_id",
-                                  ["domain", "form_id"], rows, placed)
+        writes += bi.table_writes(info, form_ids, "form_id", ["domain", "form_id"], rows, placed)
         titles = {t for r in forms.values() for t in r["children"]}
         titles |= {source.split("#", 1)[1] for kind, source in catalog.tables
                    if kind == "export_table" and source.startswith(f"{name}#")}
@@ -62,7 +61,7 @@ def write_export_tables(loader: "Loader", domain: str, batch: Batch, _: Any) -> 
             placed = catalog.columns(child, HEADER, name, ((h, _column(h)) for h in headers))
             rows = [((domain, form_id, item["row_id"], item["parent_row_id"]),
                      _texts(item["values"])) for form_id, item in items]
-            writes += bi.table_writes(catalog.tables[child.key], form_ids, "form_id",
+            writes += bi.table_writes(child, form_ids, "form_id",
                                        ["domain", "form_id", "row_id", "parent_row_id"], rows,
                                        placed)
     bi.apply_writes(catalog, domain, writes, batch.rejects)

@@ -178,5 +178,4 @@ def _fixture(loader: "Loader", domain: str, worker: str, block: dict, batch: Bat
     placed = catalog.columns(info, "fixture_field", tag, ((f, f.lstrip("@")) for f in fields))
     rows = [((domain, worker, n), v) for n, v in enumerate(values)]
     bi.apply_writes(catalog, domain, bi.table_writes(
-        catalog.tables[info.key], [worker], "worker", ["domain", "worker", "position"], rows,
-        placed), batch.rejects)
+        info, [worker], "worker", ["domain", "worker", "position"], rows, placed), batch.rejects)
