@@ -315,10 +315,11 @@ class Loader:
             key, self._table(main.name), key), (domain, ids))]
         if not gone:
             return
-        tables = {info.name for info in self.catalog.tables.values()
-                  if info.kind in ("case_type", "form", "repeat")}
+        # The catalog's tables have a `deleted` column; their continuation tables and
+        # form_case_actions do not.
+        marked = {info.name for info in self.catalog.tables.values()}
         for table, id_column in self.catalog.written.items():
-            if table in tables:
+            if table in marked:
                 self.conn.execute(sql.SQL(
                     "update {} set deleted = true where domain = %s and {} = any(%b)").format(
                     self._table(table), sql.Identifier(id_column)), (domain, gone))

@@ -5,8 +5,8 @@ case type's, form's or repeat group's table did not write its records' values th
 stayed in the base tables' jsonb only. Which records those were is not recorded, so every
 record of such a table without a row in one of its continuation tables is queued in
 bi_pending, and the next sync of its stream rewrites its BI rows from the base tables (a
-record with no value there gets no row again; one marked deleted stays marked). Tables this narrow have no continuation table,
-and nothing is queued for them.
+record with no value there gets no row again; one marked deleted stays marked). A warehouse
+without continuation tables queues nothing.
 
 Revision ID: 0011
 Revises: 0010
@@ -34,7 +34,7 @@ def upgrade() -> None:
         from "{s}".catalog_tables p join "{s}".catalog_tables t on t.table_name = p.parent_table
         where p.source_kind = 'part'""").fetchall()
     for part, table, kind in parts:
-        if kind not in STREAMS:  # Export API and lookup tables are written again whole
+        if kind not in STREAMS:  # Export API and lookup tables: bi_pending rewrites neither
             continue
         stream, key = STREAMS[kind]
         match = " and ".join(f'p."{c}" = t."{c}"' for c in key)
